@@ -1,0 +1,46 @@
+"""The `wan22` command (also `python -m wan22_jax`). Each subcommand lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module with add_arguments/main, help). Modules are imported only when their command runs,
+# so `wan22 --help` stays fast and a missing optional piece breaks only its own command.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "verify": ("wan22_jax.verify.cli", "run reference parity cases and report PASS/FAIL"),
+    "convert": ("wan22_jax.convert.cli", "convert an official or Diffusers checkpoint folder to our Orbax format"),
+    "bench": ("wan22_jax.bench.cli", "benchmark a component with random weights"),
+    "generate": ("wan22_jax.generate_cli", "generate a video"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wan22", description="Wan2.2 in JAX")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (mod, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+            p.set_defaults(_missing=f"`wan22 {name}` is not implemented yet")
+            continue
+        module.add_arguments(p)
+        p.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_missing", None):
+        print(f"error: {args._missing}", file=sys.stderr)
+        return 2
+    return int(args._main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Small NNX layers shared by the models, each parameter tagged with logical axis names.
+
+Logical axes live in the `logical_axes` metadata of every `nnx.Param`; `wan22_jax.sharding` turns them into
+mesh shardings through one rules table per component, so sharding is data, not code.
+
+`stack=N` builds N copies of a layer as one parameter with a leading `layers` axis: the model then runs its
+blocks with one `lax.scan` (one compiled block instead of N), and the converter stacks `blocks.{i}.*` tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+LAYERS = "layers"
+
+
+def param(rngs: nnx.Rngs | None, init, shape: Sequence[int], axes: Sequence[str | None], dtype=jnp.float32,
+          stack: int | None = None) -> nnx.Param:
+    """A parameter of `shape` (with a leading `stack` axis if given) and its logical axis names."""
+    shape = tuple(shape)
+    axes = tuple(axes)
+    assert len(axes) == len(shape), (shape, axes)
+    if stack is not None:
+        shape, axes = (stack, *shape), (LAYERS, *axes)
+    key = rngs.params() if rngs is not None else jax.random.key(0)
+    return nnx.Param(init(key, shape, dtype), logical_axes=axes)
+
+
+def zeros_init(key, shape, dtype):
+    return jnp.zeros(shape, dtype)
+
+
+def ones_init(key, shape, dtype):
+    return jnp.ones(shape, dtype)
+
+
+def normal_init(std: float):
+    def init(key, shape, dtype):
+        return (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+    return init
+
+
+def fan_in_init(key, shape, dtype):
+    """N(0, 1/fan_in) with fan_in = all axes but the last (and but a leading `layers` axis, if any)."""
+    fan_in = 1
+    for s in shape[-2::-1][: max(len(shape) - 1, 1)]:
+        fan_in *= s
+    return (jax.random.normal(key, shape, jnp.float32) / jnp.sqrt(fan_in)).astype(dtype)
+
+
+class Linear(nnx.Module):
+    """y = x @ kernel + bias, kernel [in, out] (torch's weight transposed).
+
+    The matmul runs in `dtype` (the compute dtype: bf16 for speed, fp32 for parity) with fp32 accumulation
+    where the backend allows; the output is in `dtype`.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, axes: tuple[str | None, str | None],
+                 use_bias: bool = True, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+                 stack: int | None = None, kernel_init=fan_in_init, rngs: nnx.Rngs | None = None):
+        self.kernel = param(rngs, kernel_init, (in_features, out_features), axes, param_dtype, stack)
+        self.bias = param(rngs, zeros_init, (out_features,), axes[1:], param_dtype, stack) if use_bias else None
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y

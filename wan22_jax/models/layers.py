@@ -9,6 +9,7 @@ blocks with one `lax.scan` (one compiled block instead of N), and the converter 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import jax
@@ -24,10 +25,12 @@ def param(rngs: nnx.Rngs | None, init, shape: Sequence[int], axes: Sequence[str 
     shape = tuple(shape)
     axes = tuple(axes)
     assert len(axes) == len(shape), (shape, axes)
-    if stack is not None:
-        shape, axes = (stack, *shape), (LAYERS, *axes)
     key = rngs.params() if rngs is not None else jax.random.key(0)
-    return nnx.Param(init(key, shape, dtype), logical_axes=axes)
+    if stack is None:
+        return nnx.Param(init(key, shape, dtype), logical_axes=axes)
+    # each layer drawn on its own key, so fan-in based inits see the per-layer shape
+    value = jax.vmap(lambda k: init(k, shape, dtype))(jax.random.split(key, stack))
+    return nnx.Param(value, logical_axes=(LAYERS, *axes))
 
 
 def zeros_init(key, shape, dtype):
@@ -45,10 +48,8 @@ def normal_init(std: float):
 
 
 def fan_in_init(key, shape, dtype):
-    """N(0, 1/fan_in) with fan_in = all axes but the last (and but a leading `layers` axis, if any)."""
-    fan_in = 1
-    for s in shape[-2::-1][: max(len(shape) - 1, 1)]:
-        fan_in *= s
+    """N(0, 1/fan_in) with fan_in = the product of all axes but the last (the output axis)."""
+    fan_in = math.prod(shape[:-1]) if len(shape) > 1 else 1
     return (jax.random.normal(key, shape, jnp.float32) / jnp.sqrt(fan_in)).astype(dtype)
 
 

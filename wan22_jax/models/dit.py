@@ -1,0 +1,353 @@
+"""The Wan DiT denoiser (official `WanModel` in wan/modules/model.py), for model types t2v, i2v and ti2v.
+
+Parameter paths mirror the official state dict (`blocks.self_attn.q.kernel` <- `blocks.{i}.self_attn.q.weight`),
+except that the `num_layers` blocks are stored stacked on a leading `layers` axis and run with one `lax.scan`:
+one compiled block instead of 40.
+
+Precision follows the official bf16-autocast run when `dtype=bf16`: Linears and attention in bf16; LayerNorms,
+modulation, gated residual adds, time MLPs and the head in fp32 (see docs §2.11). With `dtype=fp32` everything is
+fp32, which is what the parity cases check.
+
+Timesteps may be one per sample [B], one per latent frame [B, F'] (what ti2v needs, and cheap), or one per token
+[B, L] (the official layout). The modulation is computed per group of tokens sharing a timestep, never
+materialised per token unless the caller asks for per-token timesteps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from einops import rearrange
+from flax import nnx
+
+from wan22_jax.errors import ConfigError, InputError
+from wan22_jax.models.attention import attention
+from wan22_jax.models.layers import Linear, normal_init, ones_init, param, zeros_init
+from wan22_jax.models.rope import apply_rope, rope_tables
+from wan22_jax.models.time_embedding import sinusoidal_embedding
+
+MODEL_TYPES = ("t2v", "i2v", "ti2v", "s2v")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DiTConfig:
+    """`WanModel` constructor arguments (the fields of the official config.json, plus the ignored-for-config
+    ones that real releases leave at their defaults)."""
+
+    model_type: str = "t2v"
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    text_len: int = 512
+    in_dim: int = 16
+    dim: int = 2048
+    ffn_dim: int = 8192
+    freq_dim: int = 256
+    text_dim: int = 4096
+    out_dim: int = 16
+    num_heads: int = 16
+    num_layers: int = 32
+    window_size: tuple[int, int] = (-1, -1)
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
+    eps: float = 1e-6
+
+    def __post_init__(self):
+        if self.model_type not in MODEL_TYPES:
+            raise ConfigError(f"model_type {self.model_type!r} is not one of {MODEL_TYPES}")
+        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+            raise ConfigError(f"patch_size must be 3 positive ints, got {self.patch_size}")
+        if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
+            raise ConfigError(f"dim {self.dim} must split into num_heads {self.num_heads} heads of even size")
+        if tuple(self.window_size) != (-1, -1):
+            raise ConfigError(f"window_size {self.window_size}: only global attention (-1, -1) is implemented")
+        if not self.qk_norm or not self.cross_attn_norm:
+            raise ConfigError("qk_norm=False / cross_attn_norm=False are not used by any Wan2.2 model and are "
+                              "not implemented")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+
+DIT_PRESETS: dict[str, DiTConfig] = {
+    # Values of the official task configs (wan/configs/wan_*.py) and the release config.json files.
+    "t2v-A14B": DiTConfig(model_type="t2v", in_dim=16, dim=5120, ffn_dim=13824, out_dim=16, num_heads=40,
+                          num_layers=40),
+    "i2v-A14B": DiTConfig(model_type="i2v", in_dim=36, dim=5120, ffn_dim=13824, out_dim=16, num_heads=40,
+                          num_layers=40),
+    "ti2v-5B": DiTConfig(model_type="ti2v", in_dim=48, dim=3072, ffn_dim=14336, out_dim=48, num_heads=24,
+                         num_layers=30),
+    # Tiny models of the same architecture, for tests (the reference cases use these dims).
+    "tiny-t2v": DiTConfig(model_type="t2v", text_len=16, in_dim=16, dim=64, ffn_dim=128, freq_dim=32, text_dim=48,
+                          out_dim=16, num_heads=4, num_layers=2),
+    "tiny-i2v": DiTConfig(model_type="i2v", text_len=16, in_dim=36, dim=64, ffn_dim=128, freq_dim=32, text_dim=48,
+                          out_dim=16, num_heads=4, num_layers=2),
+    "tiny-ti2v": DiTConfig(model_type="ti2v", text_len=16, in_dim=48, dim=64, ffn_dim=128, freq_dim=32,
+                           text_dim=48, out_dim=48, num_heads=4, num_layers=2),
+}
+
+
+# ------------------------------------------------------------------------------------------------ norms
+class RMSNorm(nnx.Module):
+    """Official WanRMSNorm: statistics in fp32, result cast back to the input dtype, then times the weight."""
+
+    def __init__(self, dim: int, eps: float, *, param_dtype: Any, stack: int | None, rngs: nnx.Rngs | None):
+        self.weight = param(rngs, ones_init, (dim,), ("heads",), param_dtype, stack)
+        self.eps = eps
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return y.astype(x.dtype) * self.weight[...]
+
+
+class LayerNorm(nnx.Module):
+    """Official WanLayerNorm: computed in fp32, cast back to the input dtype; affine only for norm3."""
+
+    def __init__(self, dim: int, eps: float, *, affine: bool = False, param_dtype: Any = jnp.float32,
+                 stack: int | None = None, rngs: nnx.Rngs | None = None):
+        self.eps = eps
+        self.weight = param(rngs, ones_init, (dim,), ("embed",), param_dtype, stack) if affine else None
+        self.bias = param(rngs, zeros_init, (dim,), ("embed",), param_dtype, stack) if affine else None
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * self.weight[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(x.dtype)
+
+
+# ------------------------------------------------------------------------------------------------ grouping
+def _group(x, g: int):
+    """[B, L, D] -> [B, G, L/G, D]: tokens sharing one timestep are consecutive (row-major f, h, w order)."""
+    b, l, d = x.shape
+    return x.reshape(b, g, l // g, d)
+
+
+def _ungroup(x):
+    b, g, n, d = x.shape
+    return x.reshape(b, g * n, d)
+
+
+# ------------------------------------------------------------------------------------------------ attention
+class SelfAttention(nnx.Module):
+    """q/k/v/o Linears with RMSNorm over the full width on q and k; RoPE on self-attention only."""
+
+    def __init__(self, cfg: DiTConfig, *, dtype, param_dtype, stack, rngs):
+        d = cfg.dim
+        lin = dict(dtype=dtype, param_dtype=param_dtype, stack=stack, rngs=rngs)
+        self.q = Linear(d, d, axes=("embed", "heads"), **lin)
+        self.k = Linear(d, d, axes=("embed", "heads"), **lin)
+        self.v = Linear(d, d, axes=("embed", "heads"), **lin)
+        self.o = Linear(d, d, axes=("heads", "embed"), **lin)
+        self.norm_q = RMSNorm(d, cfg.eps, param_dtype=param_dtype, stack=stack, rngs=rngs)
+        self.norm_k = RMSNorm(d, cfg.eps, param_dtype=param_dtype, stack=stack, rngs=rngs)
+        self.num_heads = cfg.num_heads
+        self.dtype = dtype
+
+    def _heads(self, x):
+        b, l, _ = x.shape
+        return x.reshape(b, l, self.num_heads, -1)
+
+    def __call__(self, x, cos, sin, kv_mask, attn_impl):
+        # x [B, L, D] -> [B, L, D]
+        q = apply_rope(self._heads(self.norm_q(self.q(x))), cos, sin)
+        k = apply_rope(self._heads(self.norm_k(self.k(x))), cos, sin)
+        v = self._heads(self.v(x))
+        out = attention(q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype), kv_mask=kv_mask,
+                        impl=attn_impl)
+        return self.o(out.astype(q.dtype).reshape(x.shape[0], x.shape[1], -1))
+
+
+class CrossAttention(SelfAttention):
+    """Video tokens attend to all text_len embedded text rows, unmasked (the zero-padded rows included)."""
+
+    def kv(self, context):
+        # context [B, Lc, D] -> k, v [B, Lc, N, d], computable once per generation
+        return self._heads(self.norm_k(self.k(context))), self._heads(self.v(context))
+
+    def __call__(self, x, kv, attn_impl):
+        k, v = kv
+        q = self._heads(self.norm_q(self.q(x)))
+        out = attention(q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype), impl=attn_impl)
+        return self.o(out.astype(q.dtype).reshape(x.shape[0], x.shape[1], -1))
+
+
+# ------------------------------------------------------------------------------------------------ block
+class WanAttentionBlock(nnx.Module):
+    """x += SA(LN(x)(1+s1)+b1)*g1;  x += CA(LN_affine(x), ctx);  x += FFN(LN(x)(1+s2)+b2)*g2."""
+
+    def __init__(self, cfg: DiTConfig, *, dtype, param_dtype, stack, rngs):
+        d = cfg.dim
+        self.norm1 = LayerNorm(d, cfg.eps)
+        self.self_attn = SelfAttention(cfg, dtype=dtype, param_dtype=param_dtype, stack=stack, rngs=rngs)
+        self.norm3 = LayerNorm(d, cfg.eps, affine=True, param_dtype=param_dtype, stack=stack, rngs=rngs)
+        self.cross_attn = CrossAttention(cfg, dtype=dtype, param_dtype=param_dtype, stack=stack, rngs=rngs)
+        self.norm2 = LayerNorm(d, cfg.eps)
+        lin = dict(dtype=dtype, param_dtype=param_dtype, stack=stack, rngs=rngs)
+        self.ffn = nnx.Dict({"0": Linear(d, cfg.ffn_dim, axes=("embed", "mlp"), **lin),
+                             "2": Linear(cfg.ffn_dim, d, axes=("mlp", "embed"), **lin)})
+        self.modulation = param(rngs, normal_init(1.0 / math.sqrt(d)), (1, 6, d), (None, None, "embed"),
+                                param_dtype, stack)
+
+    def __call__(self, x, e0, cos, sin, kv, kv_mask, attn_impl):
+        # x [B, L, D]; e0 [B, G, 6, D] fp32 (G timestep groups)
+        g = e0.shape[1]
+        e = self.modulation[...].astype(jnp.float32)[None] + e0  # [B, G, 6, D]
+        shift1, scale1, gate1, shift2, scale2, gate2 = (e[:, :, i, None, :] for i in range(6))  # [B, G, 1, D]
+
+        h = _ungroup(_group(self.norm1(x), g).astype(jnp.float32) * (1 + scale1) + shift1)
+        y = self.self_attn(h, cos, sin, kv_mask, attn_impl)
+        x = _ungroup(_group(x, g) + _group(y, g) * gate1)
+
+        x = x + self.cross_attn(self.norm3(x), kv, attn_impl)
+
+        h = _ungroup(_group(self.norm2(x), g).astype(jnp.float32) * (1 + scale2) + shift2)
+        y = self.ffn["2"](jax.nn.gelu(self.ffn["0"](h), approximate=True))
+        return _ungroup(_group(x, g) + _group(y, g) * gate2)
+
+
+class Head(nnx.Module):
+    """LN -> (1+scale), +shift from [1,2,D] + e (time_embedding output, not e0) -> Linear, all in fp32."""
+
+    def __init__(self, cfg: DiTConfig, *, param_dtype, rngs):
+        d = cfg.dim
+        self.norm = LayerNorm(d, cfg.eps)
+        self.head = Linear(d, math.prod(cfg.patch_size) * cfg.out_dim, axes=("embed", None), dtype=jnp.float32,
+                           param_dtype=param_dtype, rngs=rngs)
+        self.modulation = param(rngs, normal_init(1.0 / math.sqrt(d)), (1, 2, d), (None, None, "embed"),
+                                param_dtype)
+
+    def __call__(self, x, e):
+        # x [B, L, D]; e [B, G, D] fp32
+        g = e.shape[1]
+        m = self.modulation[...].astype(jnp.float32)[None] + e[:, :, None, :]  # [B, G, 2, D]
+        shift, scale = m[:, :, 0, None, :], m[:, :, 1, None, :]
+        h = _ungroup(_group(self.norm(x).astype(jnp.float32), g) * (1 + scale) + shift)
+        return self.head(h)
+
+
+def _sequential(**layers):
+    return nnx.Dict(layers)
+
+
+# ------------------------------------------------------------------------------------------------ model
+class WanModel(nnx.Module):
+    """The Wan2.2 DiT. Call with channels-first latents, like the official model.
+
+    Args (of __call__):
+      x: [B, in_dim - y_channels, F, H, W] noisy latent.
+      t: [B] or [B, F/pt] (one per latent frame) or [B, L] (one per token) timesteps in [0, 1000].
+      context: [B, Lc, text_dim] text embeddings, Lc <= text_len; zero-padded to text_len here (official).
+      y: optional [B, C_y, F, H, W] conditioning concatenated on channels (i2v: mask + image latent).
+      context_kv: precomputed `encode_context(context)` to reuse across denoising steps (then `context` is unused).
+      kv_mask: optional [B, L] bool, False for padded tokens that self-attention must ignore.
+      attn_impl: see `wan22_jax.models.attention`.
+    Returns:
+      [B, out_dim, F, H, W] fp32 velocity.
+    """
+
+    def __init__(self, cfg: DiTConfig, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+                 rngs: nnx.Rngs | None = None):
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
+        d = cfg.dim
+        self.cfg = cfg
+        self.dtype = dtype
+        pt, ph, pw = cfg.patch_size
+        # Conv3d with stride == kernel: stored as a channels-last conv kernel, applied as a matmul on patches.
+        self.patch_embedding = nnx.Dict({
+            "kernel": param(rngs, normal_init(0.02), (pt, ph, pw, cfg.in_dim, d), (None, None, None, None, "embed"),
+                            param_dtype),
+            "bias": param(rngs, zeros_init, (d,), ("embed",), param_dtype)})
+        lin = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        f32 = dict(dtype=jnp.float32, param_dtype=param_dtype, rngs=rngs)
+        self.text_embedding = _sequential(**{"0": Linear(cfg.text_dim, d, axes=(None, "embed"), **lin),
+                                             "2": Linear(d, d, axes=("embed", "embed_out"), **lin)})
+        self.time_embedding = _sequential(**{"0": Linear(cfg.freq_dim, d, axes=(None, "embed"), **f32),
+                                             "2": Linear(d, d, axes=("embed", "embed_out"), **f32)})
+        self.time_projection = _sequential(**{"1": Linear(d, 6 * d, axes=("embed", "embed_out"), **f32)})
+        self.blocks = WanAttentionBlock(cfg, dtype=dtype, param_dtype=param_dtype, stack=cfg.num_layers, rngs=rngs)
+        self.head = Head(cfg, param_dtype=param_dtype, rngs=rngs)
+
+    # -------------------------------------------------------------------------------- pieces
+    def embed_time(self, t, grid):
+        """t -> (e [B, G, D], e0 [B, G, 6, D]) in fp32, G = 1, F' or L groups of consecutive tokens."""
+        f, h, w = grid
+        t = jnp.asarray(t, jnp.float32)
+        if t.ndim == 1:
+            t = t[:, None]
+        elif t.ndim != 2 or t.shape[1] not in (1, f, f * h * w):
+            raise InputError(f"t has shape {t.shape}; expected [B], [B, {f}] (per latent frame) or "
+                             f"[B, {f * h * w}] (per token)")
+        e = sinusoidal_embedding(t, self.cfg.freq_dim)
+        e = self.time_embedding["2"](jax.nn.silu(self.time_embedding["0"](e)))
+        e0 = self.time_projection["1"](jax.nn.silu(e))
+        return e, e0.reshape(*e0.shape[:-1], 6, self.cfg.dim)
+
+    def encode_context(self, context):
+        """Text embedding and the per-layer cross-attention keys/values: k, v [layers, B, text_len, N, d]."""
+        cfg = self.cfg
+        b, lc, dt = context.shape
+        if dt != cfg.text_dim or lc > cfg.text_len:
+            raise InputError(f"context has shape {context.shape}; expected [B, <= {cfg.text_len}, {cfg.text_dim}]")
+        context = jnp.pad(context, ((0, 0), (0, cfg.text_len - lc), (0, 0)))
+        c = self.text_embedding["2"](jax.nn.gelu(self.text_embedding["0"](context), approximate=True))
+        graphdef, state = nnx.split(self.blocks)
+
+        def one(layer_state):
+            return nnx.merge(graphdef, layer_state).cross_attn.kv(c)
+
+        return jax.lax.map(one, state)
+
+    def patchify(self, x):
+        """[B, C, F, H, W] -> tokens [B, L, D] (conv with stride == kernel as a matmul)."""
+        pt, ph, pw = self.cfg.patch_size
+        tokens = rearrange(x, "b c (f p) (h q) (w r) -> b (f h w) (p q r c)", p=pt, q=ph, r=pw)
+        kernel = self.patch_embedding["kernel"][...]
+        kernel = kernel.reshape(-1, kernel.shape[-1]).astype(self.dtype)
+        return jnp.matmul(tokens.astype(self.dtype), kernel) + self.patch_embedding["bias"][...].astype(self.dtype)
+
+    def unpatchify(self, out, grid):
+        """Head features [B, L, (pt ph pw c)] (channel innermost, as official) -> [B, c, F, H, W]."""
+        pt, ph, pw = self.cfg.patch_size
+        f, h, w = grid
+        return rearrange(out, "b (f h w) (p q r c) -> b c (f p) (h q) (w r)", f=f, h=h, w=w, p=pt, q=ph, r=pw)
+
+    # -------------------------------------------------------------------------------- forward
+    def __call__(self, x, t, context=None, *, y=None, context_kv=None, kv_mask=None, attn_impl: str = "xla"):
+        cfg = self.cfg
+        if y is not None:
+            x = jnp.concatenate([x, y.astype(x.dtype)], axis=1)
+        if x.ndim != 5 or x.shape[1] != cfg.in_dim:
+            raise InputError(f"latent input has shape {x.shape} (after concatenating y); expected "
+                             f"[B, {cfg.in_dim}, F, H, W]")
+        pt, ph, pw = cfg.patch_size
+        _, _, F, H, W = x.shape
+        if F % pt or H % ph or W % pw:
+            raise InputError(f"latent grid {(F, H, W)} is not divisible by patch_size {cfg.patch_size}")
+        grid = (F // pt, H // ph, W // pw)
+
+        h = self.patchify(x)
+        e, e0 = self.embed_time(t, grid)
+        if context_kv is None:
+            if context is None:
+                raise InputError("pass context [B, Lc, text_dim] or precomputed context_kv")
+            context_kv = self.encode_context(context)
+        cos, sin = rope_tables(grid, cfg.head_dim)
+
+        graphdef, state = nnx.split(self.blocks)
+
+        def body(carry, layer):
+            layer_state, k, v = layer
+            block = nnx.merge(graphdef, layer_state)
+            return block(carry, e0, cos, sin, (k, v), kv_mask, attn_impl), None
+
+        h, _ = jax.lax.scan(body, h, (state, *context_kv))
+        out = self.head(h, e)
+        return self.unpatchify(out, grid).astype(jnp.float32)

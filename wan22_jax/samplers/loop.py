@@ -1,0 +1,73 @@
+"""The sampling loop: one `jax.lax.scan` over the steps of any sampler (base.py contract).
+
+The step index, the model timesteps and all solver coefficients are scanned-over arrays, so the body is traced
+once whatever the schedule; anything that varies per step (guide scale, expert) is a pure function of t inside
+the body. `sample` is itself traceable: call it inside your own `jax.jit` with the model weights as arguments
+(closing over weights in a jitted function would bake them into the program as constants).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from wan22_jax.errors import InputError
+from wan22_jax.samplers.base import Sampler, compute_dtype
+from wan22_jax.samplers.guidance import VelocityFn
+from wan22_jax.samplers.schedule import Schedule
+
+Array = jax.Array
+
+
+def sample(
+    sampler: Sampler,
+    velocity_fn: VelocityFn,
+    x_T: Array,
+    schedule: Schedule,
+    *,
+    guidance: Callable[[object, Array], Array] | None = None,
+    key: Array | None = None,
+    return_trajectory: bool = False,
+):
+    """Integrates from x_T at sigmas[0] to sigma = 0.
+
+    Args:
+        sampler: any sampler (see `get_sampler`).
+        velocity_fn: pure `(x [*S], t [], step_index [] int32) -> prediction`; t is a float scalar holding the
+            model timestep (an integer value in the official "truncate" mode; `Schedule.model_time` for
+            intermediate stages). Without guidance the prediction is the velocity [*S].
+        x_T: [*S] initial noise, e.g. [B, C, F, H, W] latents.
+        schedule: the `Schedule` (host arrays; changing it retraces).
+        guidance: optional pure `(prediction, t) -> velocity [*S]`, e.g. `ClassifierFreeGuidance`.
+        key: PRNG key, required by stochastic samplers; step i uses `fold_in(key, i)`.
+        return_trajectory: also return the per-step samples and node velocities.
+
+    Returns:
+        x_0 [*S] (dtype of x_T), or `(x_0, {"samples": [N + 1, *S] (samples[0] = x_T),
+        "velocities": [N, *S] (the velocity of each step's first evaluation, after guidance)})`.
+    """
+    if sampler.stochastic and key is None:
+        raise InputError(f"{type(sampler).__name__} is stochastic: pass a PRNG key")
+    x_T = jnp.asarray(x_T)
+    dtype = compute_dtype(x_T)
+    xs = {k: jnp.asarray(v, dtype) for k, v in sampler.tables(schedule).items()}
+    xs["index"] = jnp.arange(schedule.steps, dtype=jnp.int32)
+
+    def body(state, row):
+        i = row["index"]
+
+        def velocity(x, t):
+            pred = velocity_fn(x, t, i)
+            return pred if guidance is None else guidance(pred, t)
+
+        step_key = None if key is None else jax.random.fold_in(key, i)
+        state, v = sampler.step(state, row, velocity, step_key)
+        return state, ((state.x, v) if return_trajectory else None)
+
+    state, ys = jax.lax.scan(body, sampler.init(x_T), xs)
+    if not return_trajectory:
+        return state.x
+    samples, velocities = ys
+    return state.x, {"samples": jnp.concatenate([x_T[None], samples]), "velocities": velocities}

@@ -14,10 +14,12 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from wan22_jax.config_utils import config_from_dict
-from wan22_jax.convert.mapping import Rule, conv3d, convert, fill_state, flat_state, identity, linear, stacked
+from wan22_jax.config_utils import config_from_dict, config_to_dict
+from wan22_jax.convert.mapping import (Rule, check, conv3d, convert, fill_state, flat_state, identity, linear,
+                                       stacked)
 from wan22_jax.errors import CheckpointFormatError, ConfigError
-from wan22_jax.io.tensor_source import SafetensorsSource, TensorSource
+from wan22_jax.io.orbax_io import MANIFEST, load_params, read_manifest, save_params
+from wan22_jax.io.tensor_source import DictSource, SafetensorsSource, TensorSource
 from wan22_jax.models.dit import DiTConfig, WanModel
 
 OFFICIAL, DIFFUSERS = "official", "diffusers"
@@ -156,9 +158,32 @@ def convert_dit(source: TensorSource, cfg: DiTConfig, layout: str, *, dtype=jnp.
     return graphdef, fill_state(abstract, {k: jnp.asarray(v) for k, v in arrays.items()})
 
 
+KIND = "dit"
+
+
+def save_dit(model_or_state, cfg: DiTConfig, dst: str | Path) -> Path:
+    """Writes our converted format (atomic): `dst/wan22.json` + Orbax `dst/params`."""
+    state = nnx.state(model_or_state) if isinstance(model_or_state, nnx.Module) else model_or_state
+    return save_params(dst, KIND, config_to_dict(cfg), flat_state(state))
+
+
 def load_dit(folder: str | Path, *, dtype=jnp.float32, param_dtype=jnp.float32,
              config_overrides: dict[str, Any] | None = None) -> WanModel:
-    """Loads an official or Diffusers DiT folder (single or sharded safetensors) into a WanModel."""
+    """Loads a DiT folder into a WanModel: official or Diffusers (single or sharded safetensors), or ours."""
+    folder = Path(folder)
+    if (folder / MANIFEST).is_file():
+        manifest = read_manifest(folder)
+        if manifest["kind"] != KIND:
+            raise CheckpointFormatError(f"{folder}: holds a {manifest['kind']!r} checkpoint, not a DiT")
+        cfg = config_from_dict(DiTConfig, manifest["config"], source=str(folder / MANIFEST))
+        if config_overrides:
+            cfg = dataclasses.replace(cfg, **config_overrides)
+        graphdef, abstract = abstract_dit(cfg, dtype=dtype, param_dtype=param_dtype)
+        expected = flat_state(abstract)
+        arrays = load_params(folder)
+        check([Rule(k, k) for k in expected], DictSource(arrays, str(folder)), expected)
+        return nnx.merge(graphdef, fill_state(abstract, {k: jnp.asarray(v, expected[k].dtype)
+                                                         for k, v in arrays.items()}))
     cfg, layout = read_dit_config(folder)
     if config_overrides:
         cfg = dataclasses.replace(cfg, **config_overrides)

@@ -195,14 +195,20 @@ class WanAttentionBlock(nnx.Module):
                              "2": Linear(cfg.ffn_dim, d, axes=("mlp", "embed"), **lin)})
         self.modulation = param(rngs, normal_init(1.0 / math.sqrt(d)), (1, 6, d), (None, None, "embed"),
                                 param_dtype, stack)
+        self.dtype = dtype
 
-    def __call__(self, x, e0, cos, sin, kv, kv_mask, attn_impl):
-        # x [B, L, D]; e0 [B, G, 6, D] fp32 (G timestep groups)
+    def __call__(self, x, e0, cos, sin, kv, kv_mask, attn_impl, first=False):
+        # x [B, L, D] fp32 residual stream; e0 [B, G, 6, D] fp32 (G timestep groups)
         g = e0.shape[1]
         e = self.modulation[...].astype(jnp.float32)[None] + e0  # [B, G, 6, D]
         shift1, scale1, gate1, shift2, scale2, gate2 = (e[:, :, i, None, :] for i in range(6))  # [B, G, 1, D]
 
-        h = _ungroup(_group(self.norm1(x), g).astype(jnp.float32) * (1 + scale1) + shift1)
+        n1 = self.norm1(x)
+        if self.dtype != jnp.float32:
+            # Officially block 0 receives the bf16 patch embedding, so its norm1 output is rounded to bf16
+            # (`type_as(x)`); later blocks see the fp32 residual stream.
+            n1 = jnp.where(first, n1.astype(self.dtype).astype(n1.dtype), n1)
+        h = _ungroup(_group(n1, g) * (1 + scale1) + shift1)
         y = self.self_attn(h, cos, sin, kv_mask, attn_impl)
         x = _ungroup(_group(x, g) + _group(y, g) * gate1)
 
@@ -344,10 +350,11 @@ class WanModel(nnx.Module):
         graphdef, state = nnx.split(self.blocks)
 
         def body(carry, layer):
-            layer_state, k, v = layer
+            i, layer_state, k, v = layer
             block = nnx.merge(graphdef, layer_state)
-            return block(carry, e0, cos, sin, (k, v), kv_mask, attn_impl), None
+            return block(carry, e0, cos, sin, (k, v), kv_mask, attn_impl, first=i == 0), None
 
-        h, _ = jax.lax.scan(body, h, (state, *context_kv))
+        layer_ids = jnp.arange(cfg.num_layers)
+        h, _ = jax.lax.scan(body, h.astype(jnp.float32), (layer_ids, state, *context_kv))
         out = self.head(h, e)
         return self.unpatchify(out, grid).astype(jnp.float32)

@@ -2,12 +2,13 @@
 
 The step index, the model timesteps and all solver coefficients are scanned-over arrays, so the body is traced
 once whatever the schedule; anything that varies per step (guide scale, expert) is a pure function of t inside
-the body. `sample` is itself traceable: call it inside your own `jax.jit` with the model weights as arguments
-(closing over weights in a jitted function would bake them into the program as constants).
+the body. `sample` is traceable: call it inside your own `jax.jit` with the model weights as arguments (a
+velocity_fn closing over concrete weights outside any jit would bake them into the program as constants).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -54,7 +55,13 @@ def sample(
     dtype = compute_dtype(x_T)
     xs = {k: jnp.asarray(v, dtype) for k, v in sampler.tables(schedule).items()}
     xs["index"] = jnp.arange(schedule.steps, dtype=jnp.int32)
+    return _scan(sampler, velocity_fn, guidance, return_trajectory, x_T, xs, key)
 
+
+# jit so that repeated calls with the same sampler / velocity_fn / guidance objects and step count reuse one
+# compiled program (the tables are arguments, so a new shift does not recompile); inside a caller's jit it inlines.
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _scan(sampler, velocity_fn, guidance, return_trajectory, x_T, xs, key):
     def body(state, row):
         i = row["index"]
 

@@ -184,6 +184,11 @@ def official_schedule(solver: str, steps: int, shift: float, *, num_train_timest
 
     "unipc": `set_timesteps(steps, shift=shift)`, linspace from float32(0.999). "dpm++": `get_sampling_sigmas`,
     linspace from 1.0 (so the first timestep is 1000), passed through an unshifted `set_timesteps`.
+
+    Our samplers always start at step 0. The official `step()` instead finds its first index by looking the
+    timestep up and takes the second match when there are two: when timesteps[0] == timesteps[1] (e.g. UniPC with
+    100 steps at shift 12: 999, 999, ...) it would skip sigma_0 and index past the end on its last step. The
+    pipelines' settings (40-50 steps) never hit this.
     """
     if solver not in OFFICIAL_SOLVERS:
         raise InputError(f"unknown official solver {solver!r}; valid: {list(OFFICIAL_SOLVERS)}")

@@ -133,3 +133,17 @@ def test_registry_errors():
     assert get_sampler("dpm++-sde").stochastic and not get_sampler("dpm++").stochastic
     with pytest.raises(InputError, match="sde"):
         get_sampler("dpm++-sde", sde=False)
+
+
+def test_unipc_bh1_cannot_start_at_sigma_one():
+    with pytest.raises(InputError, match="bh1"):
+        get_sampler("unipc", solver_type="bh1").tables(official_schedule("dpm++", 5, 1.0))
+
+
+@pytest.mark.parametrize("name", ["unipc", "dpm++", "heun"])
+def test_bfloat16_samples_are_updated_in_float32(name):
+    sched = official_schedule("unipc", 8, 5.0)
+    x32 = sample(get_sampler(name), VELOCITY, X_T, sched)
+    x16 = sample(get_sampler(name), VELOCITY, X_T.astype(jnp.bfloat16), sched)
+    assert x16.dtype == jnp.bfloat16
+    assert float(jnp.max(jnp.abs(x16.astype(jnp.float32) - x32))) < 0.05 * float(jnp.max(jnp.abs(x32)))

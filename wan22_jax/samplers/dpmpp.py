@@ -94,9 +94,10 @@ class FlowDPMSolverPP:
         x = state.x
         v = velocity(x, row["t"])
         m = data_prediction(x, row["sigma"], v).astype(x.dtype)
-        # the official step upcasts the sample to float32 and casts the result to the model output's dtype
+        # the official step upcasts the sample to float32 and casts the result to the model output's dtype; we cast
+        # to the sample's dtype (the same in the pipelines), as the scan carry must keep one dtype
         ct = compute_dtype(x)
         x_next = combine([row["P0"], row["P1"], row["P2"]], [x.astype(ct), m, state.m1])
         if self.sde:
             x_next = x_next + row["Pz"] * jax.random.normal(key, x.shape, ct)
-        return DPMState(x=x_next.astype(v.dtype), m1=m), v
+        return DPMState(x=x_next.astype(x.dtype), m1=m), v

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wan22_jax.errors import InputError
-from wan22_jax.samplers.base import combine, compute_dtype, data_prediction
+from wan22_jax.samplers.base import combine, data_prediction
 from wan22_jax.samplers.schedule import Schedule, lambdas
 
 
@@ -95,7 +95,8 @@ class FlowUniPC:
                     p[i, 2] += d
                 c[i] = self._corrector(i, order, sig, alpha, lam)
         if not (np.all(np.isfinite(p)) and np.all(np.isfinite(c))):
-            raise InputError(f"UniPC coefficients are not finite for sigmas {schedule.sigmas}")
+            raise InputError(f"UniPC coefficients are not finite for sigmas {schedule.sigmas} (bh1 cannot start at "
+                             "sigma = 1, where lambda = -inf and B(h) = -h is infinite)")
         return {"sigma": sig[:n], "t": schedule.node_times()[:n],
                 "P0": p[:, 0], "P1": p[:, 1], "P2": p[:, 2],
                 "K": c[:, 0], "C0": c[:, 1], "C1": c[:, 2], "C2": c[:, 3], "C3": c[:, 4]}

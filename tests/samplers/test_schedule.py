@@ -26,10 +26,12 @@ def test_shift_inverse_round_trip(sigma, shift):
 @given(shift=st.floats(0.05, 50.0))
 def test_shift_fixes_the_ends_and_is_monotone(shift):
     assert shift_sigmas(0.0, shift) == 0.0 and shift_sigmas(1.0, shift) == pytest.approx(1.0)
-    s = shift_sigmas(np.linspace(0, 1, 101), shift)
+    lin = np.linspace(0, 1, 101)
+    s = shift_sigmas(lin, shift)
     assert np.all(np.diff(s) > 0)
-    # shift > 1 moves every interior sigma up (more steps at high noise)
-    assert np.all((s[1:-1] > np.linspace(0, 1, 101)[1:-1]) == (shift > 1)) or shift == 1
+    # shift > 1 moves every interior sigma up (more steps at high noise), shift < 1 down
+    if abs(shift - 1) > 1e-3:
+        assert np.all((s[1:-1] > lin[1:-1]) == (shift > 1))
 
 
 def test_shift_formula_value():
@@ -61,7 +63,8 @@ def test_spacings_valid(spacing, steps):
     assert s[0] == 1.0
     # all spacings share the linear grid's last nonzero sigma
     assert s[-2] == pytest.approx(float(shift_sigmas(1.0 / steps, 3.0)), rel=1e-6)
-    assert np.array_equal(sched.timesteps, (s[:-1].astype(np.float64) * 1000).astype(np.int64)) or spacing
+    # timesteps truncate the float64 sigmas, which the float32 ones round: they agree to within one step
+    assert np.all(np.abs(sched.timesteps - s[:-1].astype(np.float64) * 1000) < 1.0 + 1e-3)
 
 
 def test_karras_crowds_low_sigmas():

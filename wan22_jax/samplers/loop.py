@@ -51,18 +51,66 @@ def sample(
     """
     if sampler.stochastic and key is None:
         raise InputError(f"{type(sampler).__name__} is stochastic: pass a PRNG key")
-    x_T = jnp.asarray(x_T)
-    dtype = compute_dtype(x_T)
-    xs = {k: jnp.asarray(v, dtype) for k, v in sampler.tables(schedule).items()}
-    xs["index"] = jnp.arange(schedule.steps, dtype=jnp.int32)
-    return _scan(sampler, velocity_fn, guidance, return_trajectory, x_T, xs, key)
+    x, aux = _scan(sampler, velocity_fn, guidance, return_trajectory, jnp.asarray(x_T), sampler.tables(schedule), key)
+    return (x, aux) if return_trajectory else x
 
 
 # jit so that repeated calls with the same sampler / velocity_fn / guidance objects and step count reuse one
 # compiled program (the tables are arguments, so a new shift does not recompile); inside a caller's jit it inlines.
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _scan(sampler, velocity_fn, guidance, return_trajectory, x_T, xs, key):
-    def body(state, row):
+def _scan(sampler, velocity_fn, guidance, return_trajectory, x_T, tables, key):
+    return run_scan(sampler, velocity_fn, x_T, tables, guidance=guidance, key=key,
+                    return_trajectory=return_trajectory)
+
+
+# The progress hook: a host function called with 1 after every step (tqdm's `update`), or None. It is read when a
+# step finishes, not when the loop is traced, so one compiled loop serves every progress bar.
+_PROGRESS: list[Callable[[int], object] | None] = [None]
+
+
+def set_progress(update: Callable[[int], object] | None) -> None:
+    """Installs (or removes, with None) the host callback advanced once per completed step."""
+    _PROGRESS[0] = update
+
+
+def _tick(_):
+    update = _PROGRESS[0]
+    if update is not None:
+        update(1)
+
+
+def run_scan(
+    sampler: Sampler,
+    velocity_fn: VelocityFn,
+    x_T: Array,
+    tables: dict,
+    *,
+    guidance: Callable[[object, Array], Array] | None = None,
+    key: Array | None = None,
+    return_trajectory: bool = False,
+    post_step: Callable[[Array], Array] | None = None,
+    check_finite: bool = False,
+) -> tuple[Array, dict]:
+    """The loop itself, traceable inside a caller's jit (model weights stay arguments of that jit).
+
+    Args:
+        tables: `sampler.tables(schedule)` (host arrays, or traced arrays: they become scan inputs).
+        post_step: optional pure `x -> x` applied to the sample after every step, before the next one (e.g. the
+            ti2v first-frame re-injection); trajectories record the sample before it.
+        check_finite: track the first step whose sample holds a NaN or Inf.
+        Other arguments as `sample`.
+
+    Returns:
+        x_0 and a dict with "samples" [N + 1, *S] and "velocities" [N, *S] if return_trajectory, and
+        "first_nonfinite_step" (int32, -1 if none) if check_finite.
+    """
+    dtype = compute_dtype(x_T)
+    xs = {k: jnp.asarray(v, dtype) for k, v in tables.items()}
+    steps = next(iter(xs.values())).shape[0]
+    xs["index"] = jnp.arange(steps, dtype=jnp.int32)
+
+    def body(carry, row):
+        state, bad = carry
         i = row["index"]
 
         def velocity(x, t):
@@ -71,10 +119,19 @@ def _scan(sampler, velocity_fn, guidance, return_trajectory, x_T, xs, key):
 
         step_key = None if key is None else jax.random.fold_in(key, i)
         state, v = sampler.step(state, row, velocity, step_key)
-        return state, ((state.x, v) if return_trajectory else None)
+        x_step = state.x
+        if post_step is not None:
+            state = state._replace(x=post_step(state.x))
+        if check_finite:
+            bad = jnp.where((bad < 0) & ~jnp.all(jnp.isfinite(x_step)), i, bad)
+        jax.debug.callback(_tick, i)
+        return (state, bad), ((x_step, v) if return_trajectory else None)
 
-    state, ys = jax.lax.scan(body, sampler.init(x_T), xs)
-    if not return_trajectory:
-        return state.x
-    samples, velocities = ys
-    return state.x, {"samples": jnp.concatenate([x_T[None], samples]), "velocities": velocities}
+    (state, bad), ys = jax.lax.scan(body, (sampler.init(x_T), jnp.int32(-1)), xs)
+    aux = {}
+    if return_trajectory:
+        samples, velocities = ys
+        aux = {"samples": jnp.concatenate([x_T[None], samples]), "velocities": velocities}
+    if check_finite:
+        aux["first_nonfinite_step"] = bad
+    return state.x, aux

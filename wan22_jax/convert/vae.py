@@ -242,33 +242,40 @@ def _locate(path: Path, version: str | None) -> tuple[str, Path]:
         cfg = folder / "config.json"
         if cfg.is_file() and '"AutoencoderKLWan"' in cfg.read_text():
             return "diffusers", folder
-    names = [OFFICIAL_FILES[version]] if version else list(OFFICIAL_FILES.values())
-    found = [path / n for n in names if (path / n).is_file()]
+    found = {v: path / n for v, n in OFFICIAL_FILES.items() if (path / n).is_file()}
+    if version is not None and found and version not in found:
+        raise ConfigError(f"{path}: holds {', '.join(p.name for p in found.values())}, but version={version!r} "
+                          "was requested")
+    if version is not None and version in found:
+        return "official", found[version]
     if len(found) == 1:
-        return "official", found[0]
+        return "official", next(iter(found.values()))
     if len(found) > 1:
-        raise CheckpointFormatError(f"{path}: holds both {found[0].name} and {found[1].name}; pass version=")
-    raise CheckpointFormatError(f"{path}: found neither {' nor '.join(names)} nor a Diffusers AutoencoderKLWan "
-                                "folder (config.json + diffusion_pytorch_model.safetensors)")
+        raise CheckpointFormatError(f"{path}: holds both {OFFICIAL_FILES['2.1']} and {OFFICIAL_FILES['2.2']}; "
+                                    "pass version='2.1' or '2.2'")
+    raise CheckpointFormatError(f"{path}: found neither {' nor '.join(OFFICIAL_FILES.values())} nor a Diffusers "
+                                "AutoencoderKLWan folder (config.json + diffusion_pytorch_model.safetensors)")
 
 
 def source_and_config(path: str | os.PathLike, *, version: str | None = None
-                      ) -> tuple[str, TensorSource, VAEConfig]:
-    """Opens a VAE checkpoint without converting it: (layout, tensor source, config)."""
+                      ) -> tuple[str, TensorSource, VAEConfig, str]:
+    """Opens a VAE checkpoint without converting it: (layout, tensor source, config, where the config came
+    from)."""
     layout, where = _locate(Path(path), version)
     if layout == "diffusers":
         cfg = read_diffusers_config(where / "config.json")
-        return layout, SafetensorsSource.from_folder(where), cfg
+        return layout, SafetensorsSource.from_folder(where), cfg, str(where / "config.json")
     source = load_pth(where)
     cfg_path = where.parent / OFFICIAL_CONFIG
     if cfg_path.is_file():
-        cfg = read_official_config(cfg_path)
+        cfg, origin = read_official_config(cfg_path), str(cfg_path)
     else:
         # real releases ship the .pth alone: the released sizes of the version the weights show
-        cfg = preset("wan2.1" if _version_from_keys(source) == "2.1" else "wan2.2")
+        name = "wan2.1" if _version_from_keys(source) == "2.1" else "wan2.2"
+        cfg, origin = preset(name), f"no {OFFICIAL_CONFIG} beside {where.name}, so the released {name} sizes"
     if version is not None and cfg.version != version:
         raise ConfigError(f"{where}: holds a Wan{cfg.version} VAE, but version={version!r} was requested")
-    return layout, source, cfg
+    return layout, source, cfg, origin
 
 
 def table_for(layout: str, cfg: VAEConfig) -> list[Rule]:
@@ -296,7 +303,10 @@ def load_vae(path: str | os.PathLike, *, dtype: Any = jnp.float32, param_dtype: 
       the NNX model (split it once with `nnx.split` and pass (graphdef, state) to `vae_tiling.encode/decode`).
     """
     param_dtype = dtype if param_dtype is None else param_dtype
-    layout, source, cfg = source_and_config(path, version=version)
+    layout, source, cfg, origin = source_and_config(path, version=version)
     graphdef, abstract = abstract_vae(cfg, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl)
-    arrays = convert(table_for(layout, cfg), source, flat_state(abstract), dtype=param_dtype)
+    try:
+        arrays = convert(table_for(layout, cfg), source, flat_state(abstract), dtype=param_dtype)
+    except WeightMappingError as e:
+        raise WeightMappingError(f"{e} [model config: {origin}]") from e
     return nnx.merge(graphdef, fill_state(abstract, arrays))

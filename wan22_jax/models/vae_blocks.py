@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax import lax
 
@@ -133,6 +134,26 @@ class VAEConfig:
                               "set latents_mean/latents_std")
         return (WAN21_LATENT_MEAN, WAN21_LATENT_STD) if self.version == "2.1" else (WAN22_LATENT_MEAN,
                                                                                        WAN22_LATENT_STD)
+
+
+def normalize_latent(mu: jax.Array, cfg: VAEConfig) -> jax.Array:
+    """Official encode normalisation `(mu - mean) * (1 / std)`, the reciprocal rounded to fp32 first.
+
+    mu: [..., z_dim] channels-last.
+    """
+    mean, std = (np.asarray(v, np.float32) for v in cfg.latent_stats())
+    return (mu - mean) * (np.float32(1.0) / std)
+
+
+def denormalize_latent(z: jax.Array, cfg: VAEConfig) -> jax.Array:
+    """Official decode un-normalisation `z / (1 / std) + mean` (a division by the fp32 reciprocal).
+
+    z: [..., z_dim] channels-last. XLA rewrites a division by a broadcast vector into a multiplication by its
+    reciprocal, which is not the same fp32 number; the barrier keeps the true division.
+    """
+    mean, std = (np.asarray(v, np.float32) for v in cfg.latent_stats())
+    inv = lax.optimization_barrier(jnp.broadcast_to(np.float32(1.0) / std, z.shape))
+    return z / inv + mean
 
 
 PRESETS: dict[str, VAEConfig] = {

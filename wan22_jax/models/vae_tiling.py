@@ -28,7 +28,7 @@ from flax import nnx
 from jax import lax
 
 from wan22_jax.errors import ConfigError, InputError
-from wan22_jax.models.vae_blocks import ENCODE_CHUNK, VAEConfig
+from wan22_jax.models.vae_blocks import ENCODE_CHUNK, VAEConfig, denormalize_latent, normalize_latent
 from wan22_jax.models.vae21 import WanVAE21
 from wan22_jax.models.vae22 import WanVAE22
 
@@ -41,6 +41,29 @@ def build_vae(config: VAEConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, 
     cls = WanVAE21 if config.version == "2.1" else WanVAE22
     return cls(config, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl,
                rngs=rngs if rngs is not None else nnx.Rngs(0))
+
+
+def random_vae(config: VAEConfig, seed: int = 0, *, dtype=jnp.float32, param_dtype=jnp.float32,
+               attn_impl: str = "xla") -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, state) with random weights drawn like the reference cases' (kernels N(0, 1/fan_in), biases
+    0.1 N, norm gammas 1 + 0.1 N), on the host with numpy: building with `nnx.Rngs` would run (and compile) one
+    random op per parameter shape, which dominates the cost of small test models. For tests and benchmarks."""
+    from wan22_jax.convert.mapping import fill_state, flat_state
+
+    model = nnx.eval_shape(lambda: build_vae(config, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl))
+    graphdef, abstract = nnx.split(model)
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for path, leaf in flat_state(abstract).items():
+        shape = tuple(leaf.shape)
+        if path.endswith("bias"):
+            v = 0.1 * rng.standard_normal(shape, np.float32)
+        elif path.endswith("gamma"):
+            v = 1.0 + 0.1 * rng.standard_normal(shape, np.float32)
+        else:  # kernels [..., in, out]
+            v = rng.standard_normal(shape, np.float32) / np.sqrt(np.prod(shape[:-1]))
+        arrays[path] = jnp.asarray(v, leaf.dtype)
+    return graphdef, fill_state(abstract, arrays)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -181,9 +204,7 @@ def _encode(graphdef, state, video, *, normalize: bool, tiling: Tiling | None, s
                                ratio=(1, cfg.spatial_stride))
     mu = _per_sample(fn, x, slice_batch).astype(jnp.float32)  # [B, T', h, w, z]
     if normalize:
-        mean, std = (np.asarray(v, np.float32) for v in cfg.latent_stats())
-        # official: (mu - mean) * (1 / std), the reciprocal rounded to fp32 first
-        mu = (mu - mean) * (np.float32(1.0) / std)
+        mu = normalize_latent(mu, cfg)
     return jnp.moveaxis(mu, -1, 1)
 
 
@@ -194,9 +215,7 @@ def _decode(graphdef, state, latent, *, normalize: bool, tiling: Tiling | None, 
     _check_latent(latent, cfg)
     z = jnp.moveaxis(latent, 1, -1).astype(jnp.float32)  # [B, T', h, w, z]
     if normalize:
-        mean, std = (np.asarray(v, np.float32) for v in cfg.latent_stats())
-        # official: z / (1 / std) + mean
-        z = z / (np.float32(1.0) / std) + mean
+        z = denormalize_latent(z, cfg)
     z = z.astype(vae.decoder.conv1.dtype)
     fn = vae.decode_frames
     if tiling is not None:

@@ -128,6 +128,7 @@ class Wan22Pipeline:
         self.text_encoder = text_encoder
         self.dtype = dtype
         self.vae_tiling = None
+        self.mesh = None  # set by wan22_jax.sharding.shard_pipeline / from_pretrained(mesh=...)
         if task.two_experts != (len(experts) == 2):
             raise InputError(f"task {task.name} expects {'two experts' if task.two_experts else 'one DiT'}, "
                              f"got {sorted(experts)}")
@@ -145,11 +146,11 @@ class Wan22Pipeline:
           task: "t2v-A14B", "i2v-A14B" or "ti2v-5B"; by default inferred from the DiT's model_type and experts.
           dtype: DiT compute/param dtype (bf16 as the official --convert_model_dtype runs; fp32 for parity).
           t5_dtype: text encoder dtype (official: bf16). The VAE always runs in fp32 (official autocast fp32).
-          mesh: a jax.sharding.Mesh to shard over (not implemented yet: must be None).
+          mesh: a jax.sharding.Mesh or a spec such as "fsdp=4,seq=2" (`wan22_jax.sharding`): the DiT experts load
+            straight onto their shards and denoising runs sharded; None: one device.
         """
-        if mesh is not None:
-            raise InputError("mesh sharding is not implemented yet (see the README status table)")
         from wan22_jax.convert.dit import load_dit
+        from wan22_jax.sharding import make_mesh, shard_pipeline
         from wan22_jax.convert.vae import load_vae
 
         if path is None:
@@ -161,7 +162,9 @@ class Wan22Pipeline:
         if names and len(names) != 2:
             raise InputError(f"{path}: found {names} but an A14B checkpoint needs both {EXPERTS}")
         folders = {e: path / e for e in names} or {"model": path}
-        models = {name: load_dit(folder, dtype=dtype, param_dtype=dtype) for name, folder in folders.items()}
+        mesh = None if mesh is None else make_mesh(mesh)
+        models = {name: load_dit(folder, dtype=dtype, param_dtype=dtype, mesh=mesh)
+                  for name, folder in folders.items()}
         dit_cfg = next(iter(models.values())).cfg
         task_cfg = get_task(task) if task else task_for_model_type(dit_cfg.model_type, len(models) == 2)
         experts = {name: nnx.split(m) for name, m in models.items()}
@@ -169,7 +172,7 @@ class Wan22Pipeline:
         text_encoder = _load_text_encoder(path, dit_cfg.text_len, t5_dtype, attn_impl)
         pipe = cls(task_cfg, experts, dit_cfg, nnx.split(vae_model), vae_model.config, text_encoder, dtype=dtype)
         pipe.source = path
-        return pipe
+        return pipe if mesh is None else shard_pipeline(pipe, mesh)
 
     def enable_vae_tiling(self, tile: int = 256, overlap: int = 64) -> None:
         """Decode/encode in overlapping spatial tiles (bounded memory; not bit-exact, see vae_tiling)."""
@@ -193,8 +196,8 @@ class Wan22Pipeline:
         return encode(*self.vae, jnp.asarray(video, jnp.float32), tiling=self.vae_tiling)
 
     def vae_decode(self, latents) -> jax.Array:
-        from wan22_jax.models.vae_tiling import decode
-        return decode(*self.vae, jnp.asarray(latents, jnp.float32), tiling=self.vae_tiling)
+        from wan22_jax.sharding import vae_decode
+        return vae_decode(*self.vae, jnp.asarray(latents, jnp.float32), self.mesh, tiling=self.vae_tiling)
 
     def image_conditioning(self, img: np.ndarray | None, num_frames: int, shape: tuple[int, ...], batch: int):
         """(y, first_latent, cond_latent) for an image already at the target size ([H, W, 3] uint8).
@@ -336,7 +339,8 @@ class Wan22Pipeline:
         key = jax.random.fold_in(jax.random.key(seed), 1) if sampler.stochastic else None
 
         t0 = time.perf_counter()
-        with _progress(steps, progress):
+        from wan22_jax.sharding import mesh_context
+        with _progress(steps, progress), mesh_context(self.mesh):
             final, aux = _denoise(graphdef, plan, states, x_T, context, context_null, y, first_latent, tables, key)
             final = jax.block_until_ready(final)
         self.last_denoise_s = time.perf_counter() - t0
@@ -353,12 +357,12 @@ class Wan22Pipeline:
         return PipelineOutput(videos=[Video(to_uint8(v), fps=task.fps) for v in video], video=video, **extra)
 
     def _sampler(self, solver: str, steps: int, shift: float, eta: float):
+        if eta and solver != "ddim":
+            raise InputError(f"eta={eta} only applies to solver='ddim'")
         if solver in OFFICIAL_SOLVERS:
             sched = official_schedule(solver, steps, shift, num_train_timesteps=self.task.num_train_timesteps)
             return get_sampler(solver), sched
         kwargs = {"eta": eta} if solver == "ddim" else {}
-        if eta and solver != "ddim":
-            raise InputError(f"eta={eta} only applies to solver='ddim'")
         return get_sampler(solver, **kwargs), make_schedule(steps, shift=shift,
                                                              num_train_timesteps=self.task.num_train_timesteps)
 

@@ -1,0 +1,72 @@
+"""The `wan22` command: verify exit codes and saved outputs, convert, generate on the tiny random preset."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from conftest import REFERENCE_DIR
+
+
+def wan22(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "wan22_jax", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=900)
+
+
+def test_verify_pass_saves_outputs_and_fail_exit_code(tmp_path):
+    case = REFERENCE_DIR / "sched_unipc_s4"
+    if not case.is_dir():
+        pytest.skip("reference case missing")
+    r = wan22("verify", case, "--save-outputs", tmp_path / "ours")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "sched_unipc_s4: PASS" in r.stdout and "final: err" in r.stdout
+    ours = load_file(tmp_path / "ours" / "sched_unipc_s4" / "outputs.safetensors")
+    assert set(ours) == set(load_file(case / "outputs.safetensors"))
+    # the same case with a perturbed reference output must FAIL with exit code 1
+    bad = tmp_path / "bad"
+    shutil.copytree(case, bad)
+    out = load_file(bad / "outputs.safetensors")
+    out["final"] = out["final"] + 1e-3 * np.abs(out["final"]).max()
+    (bad / "outputs.safetensors").chmod(0o644)
+    save_file(out, str(bad / "outputs.safetensors"))
+    r = wan22("verify", bad)
+    assert r.returncode == 1 and "bad/final" in r.stdout and "FAIL" in r.stdout
+
+
+def test_verify_usage_and_unknown_component(tmp_path):
+    r = wan22("verify", tmp_path)
+    assert r.returncode == 2 and "not a reference case" in r.stderr
+    case = tmp_path / "weird"
+    case.mkdir()
+    (case / "case.json").write_text(json.dumps({"component": "flux_dit", "tolerance": {"max_abs_over_max_ref": 1}}))
+    save_file({"x": np.zeros(1, np.float32)}, str(case / "inputs.safetensors"))
+    save_file({"y": np.zeros(1, np.float32)}, str(case / "outputs.safetensors"))
+    r = wan22("verify", case)
+    assert r.returncode == 2 and "unknown component 'flux_dit'" in r.stderr
+
+
+def test_generate_tiny_random_writes_a_playable_mp4(tmp_path):
+    r = wan22("generate", "--preset", "tiny-random", "--prompt", "a red circle", "--frames", "9", "--steps", "3",
+              "--out", tmp_path / "v.mp4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "wrote" in r.stdout and "peak memory" in r.stdout
+    from wan22_jax.video import read_video
+    assert read_video(tmp_path / "v.mp4").shape == (9, 64, 64, 3)
+
+
+def test_generate_bad_frames_is_one_clear_error(tmp_path):
+    r = wan22("generate", "--preset", "tiny-random", "--prompt", "x", "--frames", "8", "--out", tmp_path / "v.mp4")
+    assert r.returncode == 2 and "num_frames=8" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "v.mp4").exists()
+
+
+def test_convert_refuses_existing_destination_and_empty_source(tmp_path):
+    (tmp_path / "dst").mkdir()
+    r = wan22("convert", tmp_path, tmp_path / "dst")
+    assert r.returncode == 2 and "exists" in r.stderr
+    r = wan22("convert", tmp_path / "dst", tmp_path / "new")
+    assert r.returncode == 1 and "no convertible component" in r.stderr and not (tmp_path / "new").exists()

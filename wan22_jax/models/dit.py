@@ -16,6 +16,7 @@ materialised per token unless the caller asks for per-token timesteps.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -29,6 +30,7 @@ from wan22_jax.models.attention import attention
 from wan22_jax.models.layers import Linear, normal_init, ones_init, param, zeros_init
 from wan22_jax.models.rope import apply_rope, rope_tables
 from wan22_jax.models.time_embedding import sinusoidal_embedding
+from wan22_jax.sharding import frame_tokens, pad_frames, shard, token_multiple, unpad_frames
 
 MODEL_TYPES = ("t2v", "i2v", "ti2v", "s2v")
 
@@ -55,6 +57,23 @@ class DiTConfig:
     eps: float = 1e-6
 
     def __post_init__(self):
+        for name in ("text_len", "in_dim", "dim", "ffn_dim", "freq_dim", "text_dim", "out_dim", "num_heads",
+                     "num_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"DiTConfig.{name} must be a positive integer, got {value!r}")
+        if self.freq_dim % 2:
+            raise ConfigError(f"DiTConfig.freq_dim must be even (cos and sin halves), got {self.freq_dim}")
+        if not isinstance(self.eps, (int, float)) or isinstance(self.eps, bool) or not self.eps > 0:
+            raise ConfigError(f"DiTConfig.eps must be a positive number, got {self.eps!r}")
+        for name in ("qk_norm", "cross_attn_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"DiTConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.patch_size, tuple) or not all(
+                isinstance(p, int) and not isinstance(p, bool) for p in self.patch_size):
+            raise ConfigError(f"patch_size must be 3 positive ints, got {self.patch_size!r}")
+        if not isinstance(self.window_size, tuple):
+            raise ConfigError(f"window_size must be a pair of ints, got {self.window_size!r}")
         if self.model_type not in MODEL_TYPES:
             raise ConfigError(f"model_type {self.model_type!r} is not one of {MODEL_TYPES}")
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
@@ -160,8 +179,13 @@ class SelfAttention(nnx.Module):
         q = apply_rope(self._heads(self.norm_q(self.q(x))), cos, sin)
         k = apply_rope(self._heads(self.norm_k(self.k(x))), cos, sin)
         v = self._heads(self.v(x))
+        # sequence parallel (Ulysses): queries keep the fsdp token split, keys/values gather all tokens, and
+        # heads take the seq split; XLA turns the constraints into all-to-alls
+        q = shard(q, ("batch", "attn_tokens", "attn_heads", None))
+        k, v = (shard(a, ("batch", None, "attn_heads", None)) for a in (k, v))
         out = attention(q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype), kv_mask=kv_mask,
                         impl=attn_impl)
+        out = shard(out, ("batch", "attn_tokens", "attn_heads", None))
         return self.o(out.astype(q.dtype).reshape(x.shape[0], x.shape[1], -1))
 
 
@@ -174,7 +198,7 @@ class CrossAttention(SelfAttention):
 
     def __call__(self, x, kv, attn_impl):
         k, v = kv
-        q = self._heads(self.norm_q(self.q(x)))
+        q = shard(self._heads(self.norm_q(self.q(x))), ("batch", "tokens", "heads", None))
         out = attention(q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype), impl=attn_impl)
         return self.o(out.astype(q.dtype).reshape(x.shape[0], x.shape[1], -1))
 
@@ -215,7 +239,7 @@ class WanAttentionBlock(nnx.Module):
         x = x + self.cross_attn(self.norm3(x), kv, attn_impl)
 
         h = _ungroup(_group(self.norm2(x), g).astype(jnp.float32) * (1 + scale2) + shift2)
-        y = self.ffn["2"](jax.nn.gelu(self.ffn["0"](h), approximate=True))
+        y = self.ffn["2"](jax.nn.gelu(shard(self.ffn["0"](h), ("batch", "tokens", "mlp")), approximate=True))
         return _ungroup(_group(x, g) + _group(y, g) * gate2)
 
 
@@ -346,15 +370,26 @@ class WanModel(nnx.Module):
                 raise InputError("pass context [B, Lc, text_dim] or precomputed context_kv")
             context_kv = self.encode_context(context)
         cos, sin = rope_tables(grid, cfg.head_dim)
+        # Tokens split over the mesh must divide evenly: pad every frame, mask the padded keys (sharding.py).
+        per_frame = grid[1] * grid[2]
+        padded = frame_tokens(grid[0], per_frame, token_multiple())
+        if padded != per_frame:
+            pad = functools.partial(pad_frames, frames=grid[0], padded=padded)
+            mask = jnp.ones((h.shape[0], h.shape[1]), bool) if kv_mask is None else kv_mask
+            h, cos, sin, kv_mask = pad(h), pad(cos, axis=0), pad(sin, axis=0), pad(mask)
+            if e0.shape[1] > grid[0]:  # per-token timesteps
+                e, e0 = pad(e), pad(e0)
 
         graphdef, state = nnx.split(self.blocks)
 
         def body(carry, layer):
             i, layer_state, k, v = layer
             block = nnx.merge(graphdef, layer_state)
-            return block(carry, e0, cos, sin, (k, v), kv_mask, attn_impl, first=i == 0), None
+            out = block(carry, e0, cos, sin, (k, v), kv_mask, attn_impl, first=i == 0)
+            return shard(out, ("batch", "tokens", "embed")), None
 
         layer_ids = jnp.arange(cfg.num_layers)
-        h, _ = jax.lax.scan(body, h.astype(jnp.float32), (layer_ids, state, *context_kv))
-        out = self.head(h, e)
+        h = shard(h.astype(jnp.float32), ("batch", "tokens", "embed"))
+        h, _ = jax.lax.scan(body, h, (layer_ids, state, *context_kv))
+        out = unpad_frames(self.head(h, e), grid[0], per_frame)
         return self.unpatchify(out, grid).astype(jnp.float32)

@@ -195,24 +195,29 @@ class DiffusersVAEConfig:
         return cfg
 
 
-def read_official_config(path: str | os.PathLike) -> VAEConfig:
-    """A `vae_config.json` (WanVAE_ kwargs + version) -> VAEConfig, unknown fields refused."""
-    path = Path(path)
+def _read_json(path: Path) -> dict:
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object, found {type(raw).__name__}")
+    return raw
+
+
+def read_official_config(path: str | os.PathLike) -> VAEConfig:
+    """A `vae_config.json` (WanVAE_ kwargs + version) -> VAEConfig, unknown fields refused."""
+    path = Path(path)
+    raw = _read_json(path)
     if "version" not in raw:
         raise ConfigError(f"{path}: missing field 'version' ('2.1' or '2.2')")
     return config_from_dict(VAEConfig, raw, source=str(path))
 
 
 def read_diffusers_config(path: str | os.PathLike) -> VAEConfig:
+    """A Diffusers AutoencoderKLWan `config.json` -> VAEConfig, unknown fields refused."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from e
+    raw = _read_json(path)
     cls = raw.get("_class_name", "AutoencoderKLWan")
     if cls != "AutoencoderKLWan":
         raise ConfigError(f"{path}: _class_name is {cls!r}, expected 'AutoencoderKLWan'")

@@ -6,17 +6,13 @@ Parameter paths mirror the official state dict (`encoder.downsamples.3.residual.
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from wan22_jax.models.layers import Linear
 from wan22_jax.models.vae_blocks import (
-    CONV_IN, CONV_OUT, Cache, CausalConv3d, CausalVAE, Resample, ResidualBlock, VAEConfig, _sub, apply_head,
-    head_layers, middle_layers, run_sequence)
+    CausalConv3d, CausalVAE, Decoder, Encoder, Resample, ResidualBlock, VAEConfig, head_layers, middle_layers)
 
 
-class Encoder21(nnx.Module):
+class Encoder21(Encoder):
     """conv1 -> [ResidualBlock x num_res_blocks, Resample] per stage -> middle [RB, Attn, RB] -> head."""
 
     def __init__(self, cfg: VAEConfig, *, attn_impl: str = "xla", **kw):
@@ -35,16 +31,8 @@ class Encoder21(nnx.Module):
         self.middle = middle_layers(c, attn_impl=attn_impl, **kw)
         self.head = head_layers(c, 2 * cfg.z_dim, **kw)
 
-    def __call__(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
-        """x [B, t, H, W, 3] (one chunk) -> ([B, t', H/8, W/8, 2z], cache)."""
-        x, c_in = self.conv1(x, _sub(cache, "conv1"))
-        x, c_down = run_sequence(self.downsamples, x, _sub(cache, "downsamples"))
-        x, c_mid = run_sequence(self.middle, x, _sub(cache, "middle"))
-        x, c_head = apply_head(self.head, x, _sub(cache, "head"))
-        return x, {"conv1": c_in, "downsamples": c_down, "middle": c_mid, "head": c_head}
 
-
-class Decoder21(nnx.Module):
+class Decoder21(Decoder):
     """conv1 -> middle -> [ResidualBlock x (num_res_blocks + 1), Resample] per stage -> head.
 
     Each upsampling Resample halves the width (`Conv2d(dim, dim // 2)`), so every stage after the first starts
@@ -71,30 +59,10 @@ class Decoder21(nnx.Module):
         self.upsamples = nnx.List(layers)
         self.head = head_layers(dims[-1], 3, **kw)
 
-    def __call__(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
-        """x [B, 1, h, w, z] (one latent frame) -> ([B, 1 or 4, 8h, 8w, 3], cache)."""
-        x, c_in = self.conv1(x, _sub(cache, "conv1"))
-        x, c_mid = run_sequence(self.middle, x, _sub(cache, "middle"))
-        x, c_up = run_sequence(self.upsamples, x, _sub(cache, "upsamples"))
-        x, c_head = apply_head(self.head, x, _sub(cache, "head"))
-        return x, {"conv1": c_in, "middle": c_mid, "upsamples": c_up, "head": c_head}
-
 
 class WanVAE21(CausalVAE):
-    """Official WanVAE_ of vae2_1.py: encoder, conv1 (1x1x1, 2z -> 2z), conv2 (1x1x1, z -> z), decoder.
+    """Official WanVAE_ of vae2_1.py (see CausalVAE for the arguments)."""
 
-    Args:
-      config: a VAEConfig with version "2.1".
-      dtype: compute dtype (fp32 for parity, as the official wrapper's fp32 autocast); param_dtype: storage.
-    """
-
-    def __init__(self, config: VAEConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, attn_impl: str = "xla",
-                 rngs: nnx.Rngs | None = None):
-        assert config.version == "2.1", config
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.config = config
-        self.encoder = Encoder21(config, attn_impl=attn_impl, **kw)
-        z = config.z_dim
-        self.conv1 = Linear(2 * z, 2 * z, axes=(CONV_IN, CONV_OUT), **kw)
-        self.conv2 = Linear(z, z, axes=(CONV_IN, CONV_OUT), **kw)
-        self.decoder = Decoder21(config, attn_impl=attn_impl, **kw)
+    VERSION = "2.1"
+    ENCODER = Encoder21
+    DECODER = Decoder21

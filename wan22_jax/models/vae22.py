@@ -14,10 +14,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from wan22_jax.models.layers import Linear
 from wan22_jax.models.vae_blocks import (
-    CONV_IN, CONV_OUT, Cache, CausalConv3d, CausalVAE, Resample, ResidualBlock, VAEConfig, _sub, apply_head,
-    first_chunk, head_layers, middle_layers, run_sequence)
+    Cache, CausalConv3d, CausalVAE, Decoder, Encoder, Resample, ResidualBlock, VAEConfig, first_chunk, head_layers,
+    middle_layers, run_sequence)
 
 PATCH = 2
 
@@ -65,18 +64,20 @@ def dup_up(x: jax.Array, out_dim: int, ft: int, fs: int, first: bool) -> jax.Arr
     return x[:, ft - 1:] if first else x
 
 
+def _stage(in_dim: int, out_dim: int, mult: int, resample: str | None, **kw) -> nnx.List:
+    """`mult` ResidualBlocks (the first changes the width) and an optional width-keeping Resample."""
+    layers = [ResidualBlock(in_dim if i == 0 else out_dim, out_dim, **kw) for i in range(mult)]
+    if resample is not None:
+        layers.append(Resample(out_dim, resample, out_dim=out_dim, **kw))
+    return nnx.List(layers)
+
+
 class DownResidualBlock(nnx.Module):
     """Official Down_ResidualBlock: `[ResidualBlock x mult, (Resample)]` + avg_down shortcut of the input."""
 
     def __init__(self, in_dim: int, out_dim: int, *, mult: int, temporal: bool, down: bool, **kw):
-        layers = []
-        c = in_dim
-        for _ in range(mult):
-            layers.append(ResidualBlock(c, out_dim, **kw))
-            c = out_dim
-        if down:
-            layers.append(Resample(out_dim, "downsample3d" if temporal else "downsample2d", **kw))
-        self.downsamples = nnx.List(layers)
+        mode = ("downsample3d" if temporal else "downsample2d") if down else None
+        self.downsamples = _stage(in_dim, out_dim, mult, mode, **kw)
         self.out_dim = out_dim
         self.ft = 2 if temporal else 1
         self.fs = 2 if down else 1
@@ -90,14 +91,8 @@ class UpResidualBlock(nnx.Module):
     """Official Up_ResidualBlock: `[ResidualBlock x mult, (Resample)]` + dup_up shortcut when upsampling."""
 
     def __init__(self, in_dim: int, out_dim: int, *, mult: int, temporal: bool, up: bool, **kw):
-        layers = []
-        c = in_dim
-        for _ in range(mult):
-            layers.append(ResidualBlock(c, out_dim, **kw))
-            c = out_dim
-        if up:
-            layers.append(Resample(out_dim, "upsample3d" if temporal else "upsample2d", out_dim=out_dim, **kw))
-        self.upsamples = nnx.List(layers)
+        mode = ("upsample3d" if temporal else "upsample2d") if up else None
+        self.upsamples = _stage(in_dim, out_dim, mult, mode, **kw)
         self.up = up
         self.out_dim = out_dim
         self.ft = 2 if temporal else 1
@@ -109,7 +104,7 @@ class UpResidualBlock(nnx.Module):
         return y, new_cache
 
 
-class Encoder22(nnx.Module):
+class Encoder22(Encoder):
     """conv1 (12 -> dim) -> DownResidualBlock per stage -> middle [RB, Attn, RB] -> head."""
 
     def __init__(self, cfg: VAEConfig, *, attn_impl: str = "xla", **kw):
@@ -124,16 +119,8 @@ class Encoder22(nnx.Module):
         self.middle = middle_layers(dims[-1], attn_impl=attn_impl, **kw)
         self.head = head_layers(dims[-1], 2 * cfg.z_dim, **kw)
 
-    def __call__(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
-        """x [B, t, H/2, W/2, 12] (one patchified chunk) -> ([B, t', H/16, W/16, 2z], cache)."""
-        x, c_in = self.conv1(x, _sub(cache, "conv1"))
-        x, c_down = run_sequence(self.downsamples, x, _sub(cache, "downsamples"))
-        x, c_mid = run_sequence(self.middle, x, _sub(cache, "middle"))
-        x, c_head = apply_head(self.head, x, _sub(cache, "head"))
-        return x, {"conv1": c_in, "downsamples": c_down, "middle": c_mid, "head": c_head}
 
-
-class Decoder22(nnx.Module):
+class Decoder22(Decoder):
     """conv1 (z -> 4 dec_dim) -> middle -> UpResidualBlock per stage -> head (-> 12 = 3 x 2x2 patch)."""
 
     def __init__(self, cfg: VAEConfig, *, attn_impl: str = "xla", **kw):
@@ -150,33 +137,13 @@ class Decoder22(nnx.Module):
             for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))])
         self.head = head_layers(dims[-1], 3 * PATCH * PATCH, **kw)
 
-    def __call__(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
-        """x [B, 1, h, w, z] (one latent frame) -> ([B, 1 or 4, 8h, 8w, 12], cache)."""
-        x, c_in = self.conv1(x, _sub(cache, "conv1"))
-        x, c_mid = run_sequence(self.middle, x, _sub(cache, "middle"))
-        x, c_up = run_sequence(self.upsamples, x, _sub(cache, "upsamples"))
-        x, c_head = apply_head(self.head, x, _sub(cache, "head"))
-        return x, {"conv1": c_in, "middle": c_mid, "upsamples": c_up, "head": c_head}
-
 
 class WanVAE22(CausalVAE):
-    """Official WanVAE_ of vae2_2.py: patchify, encoder, conv1, conv2, decoder, unpatchify.
+    """Official WanVAE_ of vae2_2.py: patchify, encoder, conv1, conv2, decoder, unpatchify (see CausalVAE)."""
 
-    Args:
-      config: a VAEConfig with version "2.2".
-      dtype: compute dtype (fp32 for parity); param_dtype: storage dtype.
-    """
-
-    def __init__(self, config: VAEConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, attn_impl: str = "xla",
-                 rngs: nnx.Rngs | None = None):
-        assert config.version == "2.2", config
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.config = config
-        self.encoder = Encoder22(config, attn_impl=attn_impl, **kw)
-        z = config.z_dim
-        self.conv1 = Linear(2 * z, 2 * z, axes=(CONV_IN, CONV_OUT), **kw)
-        self.conv2 = Linear(z, z, axes=(CONV_IN, CONV_OUT), **kw)
-        self.decoder = Decoder22(config, attn_impl=attn_impl, **kw)
+    VERSION = "2.2"
+    ENCODER = Encoder22
+    DECODER = Decoder22
 
     def patchify(self, x: jax.Array) -> jax.Array:
         return patchify(x)

@@ -405,15 +405,59 @@ def apply_head(head: nnx.List, x: jax.Array, cache: Cache) -> tuple[jax.Array, C
     return head[2](jax.nn.silu(head[0](x)), cache)
 
 
-# ----------------------------------------------------------------------------------------------- chunk loop
-class CausalVAE(nnx.Module):
-    """The chunked causal encode/decode shared by both versions.
+# ----------------------------------------------------------------------------------------------- model
+class Encoder(nnx.Module):
+    """Official Encoder3d forward, `conv1 -> downsamples -> middle -> head`, for one chunk; the version's
+    subclass builds the layers (`downsamples` differ between 2.1 and 2.2)."""
 
-    Subclasses define `encoder(x, cache)`, `decoder(x, cache)` (cache None = first chunk), `conv1`, `conv2`
-    (1x1x1 convs as Linears), `config`, and the pixel (un)patchify.
+    def __call__(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
+        """x [B, t, H, W, C] (one chunk) -> ([B, t', H/8, W/8, 2z], cache); cache None on the first chunk."""
+        x, c_in = self.conv1(x, _sub(cache, "conv1"))
+        x, c_down = run_sequence(self.downsamples, x, _sub(cache, "downsamples"))
+        x, c_mid = run_sequence(self.middle, x, _sub(cache, "middle"))
+        x, c_head = apply_head(self.head, x, _sub(cache, "head"))
+        return x, {"conv1": c_in, "downsamples": c_down, "middle": c_mid, "head": c_head}
+
+
+class Decoder(nnx.Module):
+    """Official Decoder3d forward, `conv1 -> middle -> upsamples -> head`, for one latent frame."""
+
+    def __call__(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
+        """x [B, 1, h, w, z] -> ([B, 1 (first chunk) or 4, 8h, 8w, C], cache); cache None on the first chunk."""
+        x, c_in = self.conv1(x, _sub(cache, "conv1"))
+        x, c_mid = run_sequence(self.middle, x, _sub(cache, "middle"))
+        x, c_up = run_sequence(self.upsamples, x, _sub(cache, "upsamples"))
+        x, c_head = apply_head(self.head, x, _sub(cache, "head"))
+        return x, {"conv1": c_in, "middle": c_mid, "upsamples": c_up, "head": c_head}
+
+
+class CausalVAE(nnx.Module):
+    """Official WanVAE_: encoder, conv1 (1x1x1, 2z -> 2z), conv2 (1x1x1, z -> z), decoder, and the chunked
+    causal encode/decode loops shared by both versions.
+
+    Subclasses set ENCODER / DECODER (the version's Encoder / Decoder) and the pixel (un)patchify.
+
+    Args:
+      config: the VAEConfig of the subclass's version.
+      dtype: compute dtype (fp32 for parity, like the official wrappers' fp32 autocast); param_dtype: storage.
+      attn_impl: implementation of the middle attention blocks (see models/attention.py).
     """
 
-    config: VAEConfig
+    VERSION: str
+    ENCODER: type
+    DECODER: type
+
+    def __init__(self, config: VAEConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, attn_impl: str = "xla",
+                 rngs: nnx.Rngs | None = None):
+        if config.version != self.VERSION:
+            raise ConfigError(f"{type(self).__name__} builds Wan{self.VERSION} VAEs, config says {config.version}")
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.config = config
+        self.encoder = self.ENCODER(config, attn_impl=attn_impl, **kw)
+        z = config.z_dim
+        self.conv1 = Linear(2 * z, 2 * z, axes=(CONV_IN, CONV_OUT), **kw)
+        self.conv2 = Linear(z, z, axes=(CONV_IN, CONV_OUT), **kw)
+        self.decoder = self.DECODER(config, attn_impl=attn_impl, **kw)
 
     def patchify(self, x: jax.Array) -> jax.Array:
         return x

@@ -1,0 +1,111 @@
+"""Side by side on this CPU: our jitted DiT forward vs the official PyTorch WanModel.forward, same weights/shapes.
+
+Default shape (from issue 2): width 768, 6 layers, 6 heads, ffn 3072, latent 5x32x40 (1,600 tokens), 300 text
+tokens (padded to text_len 512 by both models), fp32. Prints both medians, the ratio, FLOP/s and the parity error.
+
+    python experiments/official/dit_cpu_speed.py --official /tmp/wan22_official [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--official", required=True, help="folder holding the official wan/ package")
+    p.add_argument("--dim", type=int, default=768)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--ffn", type=int, default=3072)
+    p.add_argument("--latent", default="5,32,40")
+    p.add_argument("--text", type=int, default=300)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+
+    import torch
+    from load_official import import_official
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    official = import_official(args.official, "model")
+    grid = tuple(int(v) for v in args.latent.split(","))
+    kw = dict(model_type="t2v", in_dim=16, dim=args.dim, ffn_dim=args.ffn, freq_dim=256, text_dim=4096,
+              out_dim=16, num_heads=args.heads, num_layers=args.layers, text_len=512)
+    torch.manual_seed(0)
+    ref_model = official.WanModel(**kw).eval()
+    with torch.no_grad():  # init_weights zeroes the head: give every parameter a non-trivial value
+        for prm in ref_model.parameters():
+            prm.normal_(0, 0.02)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, *grid)).astype(np.float32)
+    ctx = rng.standard_normal((args.text, 4096)).astype(np.float32)
+    t = np.array([500.0], np.float32)
+    seq_len = grid[0] * (grid[1] // 2) * (grid[2] // 2)
+
+    def torch_forward():
+        with torch.no_grad():
+            return ref_model([torch.from_numpy(x)], torch.from_numpy(t), [torch.from_numpy(ctx)], seq_len)[0]
+
+    ref = torch_forward().numpy()
+    torch_times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        torch_forward()
+        torch_times.append(time.perf_counter() - t0)
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from wan22_jax.convert.dit import OFFICIAL, convert_dit
+    from wan22_jax.flops import dit_forward_flops
+    from wan22_jax.io.tensor_source import DictSource
+    from wan22_jax.models.dit import DiTConfig
+
+    cfg = DiTConfig(**kw)
+    sd = {k: v.detach().numpy() for k, v in ref_model.state_dict().items()}
+    graphdef, state = convert_dit(DictSource(sd), cfg, OFFICIAL)
+    fwd = jax.jit(lambda s, x, t, c: nnx.merge(graphdef, s)(x, t, c))
+    xj, tj, cj = jnp.asarray(x[None]), jnp.asarray(t), jnp.asarray(ctx[None])
+    t0 = time.perf_counter()
+    ours = np.asarray(fwd(state, xj, tj, cj))[0]
+    compile_s = time.perf_counter() - t0
+    jax_times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fwd(state, xj, tj, cj))
+        jax_times.append(time.perf_counter() - t0)
+
+    flops = dit_forward_flops(cfg, grid)
+    res = {
+        "shape": dataclasses.asdict(cfg) | {"latent": grid, "text_rows": args.text},
+        "official_median_s": statistics.median(torch_times), "ours_median_s": statistics.median(jax_times),
+        "ours_compile_s": compile_s, "flops": flops,
+        "speedup": statistics.median(torch_times) / statistics.median(jax_times),
+        "official_gflops_per_s": flops / statistics.median(torch_times) / 1e9,
+        "ours_gflops_per_s": flops / statistics.median(jax_times) / 1e9,
+        "parity_max_abs_over_max_ref": float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref))),
+        "torch_threads": torch.get_num_threads(),
+    }
+    for k, v in res.items():
+        if k != "shape":
+            print(f"{k}: {v}")
+    if args.json:
+        print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -168,9 +168,16 @@ def save_dit(model_or_state, cfg: DiTConfig, dst: str | Path) -> Path:
 
 
 def load_dit(folder: str | Path, *, dtype=jnp.float32, param_dtype=jnp.float32,
-             config_overrides: dict[str, Any] | None = None) -> WanModel:
-    """Loads a DiT folder into a WanModel: official or Diffusers (single or sharded safetensors), or ours."""
+             config_overrides: dict[str, Any] | None = None, mesh=None) -> WanModel:
+    """Loads a DiT folder into a WanModel: official or Diffusers (single or sharded safetensors), or ours.
+
+    mesh: a jax.sharding.Mesh: every parameter is placed straight onto its shards (`wan22_jax.sharding`), each
+      process reading only the slices its devices hold; None: the mesh set by `jax.set_mesh` if any, else the
+      default device.
+    """
+    from wan22_jax.sharding import context_mesh
     folder = Path(folder)
+    mesh = mesh if mesh is not None else context_mesh()
     if (folder / MANIFEST).is_file():
         manifest = read_manifest(folder)
         if manifest["kind"] != KIND:
@@ -180,6 +187,9 @@ def load_dit(folder: str | Path, *, dtype=jnp.float32, param_dtype=jnp.float32,
             cfg = dataclasses.replace(cfg, **config_overrides)
         graphdef, abstract = abstract_dit(cfg, dtype=dtype, param_dtype=param_dtype)
         expected = flat_state(abstract)
+        if mesh is not None:
+            from wan22_jax.sharding import load_params_sharded
+            return nnx.merge(graphdef, fill_state(abstract, load_params_sharded(folder, abstract, "dit", mesh)))
         arrays = load_params(folder)
         check([Rule(k, k) for k in expected], DictSource(arrays, str(folder)), expected)
         return nnx.merge(graphdef, fill_state(abstract, {k: jnp.asarray(v, expected[k].dtype)
@@ -188,4 +198,9 @@ def load_dit(folder: str | Path, *, dtype=jnp.float32, param_dtype=jnp.float32,
     if config_overrides:
         cfg = dataclasses.replace(cfg, **config_overrides)
     source = SafetensorsSource.from_folder(folder)
+    if mesh is not None:
+        from wan22_jax.sharding import convert_sharded
+        graphdef, abstract = abstract_dit(cfg, dtype=dtype, param_dtype=param_dtype)
+        return nnx.merge(graphdef, fill_state(abstract, convert_sharded(dit_table(cfg, layout), source, abstract,
+                                                                        "dit", mesh)))
     return nnx.merge(*convert_dit(source, cfg, layout, dtype=dtype, param_dtype=param_dtype))

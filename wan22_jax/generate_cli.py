@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="DiT dtype (checkpoints)")
     p.add_argument("--vae-tiling", action="store_true", help="decode in overlapping spatial tiles")
+    p.add_argument("--mesh", metavar="SPEC", help="shard over a device mesh, e.g. fsdp=4,seq=2 (axes data, fsdp, "
+                   "seq, tensor; the product must equal the device count)")
     p.add_argument("--out", default="out.mp4")
     p.add_argument("--fps", type=int, help="default: the task's (16 or 24)")
 
@@ -49,8 +51,11 @@ def main(args: argparse.Namespace) -> int:
         if args.preset:
             from wan22_jax.presets import random_pipeline
             pipe = random_pipeline(args.task or "ti2v-5B", seed=0)
+            if args.mesh:
+                from wan22_jax.sharding import shard_pipeline
+                shard_pipeline(pipe, args.mesh)
         else:
-            pipe = Wan22Pipeline.from_pretrained(args.checkpoint, task=args.task,
+            pipe = Wan22Pipeline.from_pretrained(args.checkpoint, task=args.task, mesh=args.mesh,
                                                  dtype=jnp.bfloat16 if args.dtype == "bf16" else jnp.float32)
         if args.vae_tiling:
             pipe.enable_vae_tiling()

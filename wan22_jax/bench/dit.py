@@ -17,6 +17,7 @@ from wan22_jax.errors import InputError
 from wan22_jax.flops import dit_forward_flops, peak_flops
 from wan22_jax.models.attention import IMPLEMENTATIONS
 from wan22_jax.models.dit import DIT_PRESETS, WanModel
+from wan22_jax.sharding import init_sharded, make_mesh, mesh_context
 
 DTYPES = {"bf16": jnp.bfloat16, "fp32": jnp.float32}
 
@@ -32,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--text-len", type=int, help="text rows (default: the config's text_len)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--mesh", metavar="SPEC", help="shard over a device mesh, e.g. fsdp=4,seq=2 (axes data, fsdp, "
+                   "seq, tensor; see wan22_jax.sharding)")
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
 
 
@@ -55,23 +58,27 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, AssertionError):
         raise InputError(f"--latent {args.latent!r}: expected three integers F,H,W") from None
     dtype = DTYPES[args.dtype]
-    model = WanModel(cfg, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0))
-    graphdef, state = nnx.split(model)
-    del model
+    build = functools.partial(WanModel, cfg, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0))
+    mesh = make_mesh(args.mesh) if args.mesh else None
+    if mesh is None:
+        graphdef, state = nnx.split(build())
+    else:  # created on its shards: a full-size model need not fit one device
+        graphdef, state = init_sharded(build, "dit", mesh)
     rng = np.random.default_rng(0)
     c_x = cfg.in_dim
     x = jnp.asarray(rng.standard_normal((args.batch, c_x, *grid)), jnp.float32)
     t = jnp.full((args.batch,), 500.0, jnp.float32)
     ctx = jnp.asarray(rng.standard_normal((args.batch, cfg.text_len, cfg.text_dim)), jnp.float32)
     fn = jax.jit(functools.partial(_forward, graphdef, attn_impl=args.attention))
-    timing = time_compiled(fn, state, x, t, ctx, repeats=args.repeats)
+    with mesh_context(mesh):
+        timing = time_compiled(fn, state, x, t, ctx, repeats=args.repeats)
     flops = dit_forward_flops(cfg, grid, batch=args.batch)
     device = device_description()
     peak = peak_flops(device, args.dtype)
     result = {
         "component": "dit", "preset": args.preset or str(args.checkpoint), "layers": cfg.num_layers,
         "latent": list(grid), "tokens": math.prod(g // p for g, p in zip(grid, cfg.patch_size)), "dtype": args.dtype, "attention": args.attention, "batch": args.batch,
-        "device": device, "compile_s": timing["compile_s"], "median_s": timing["median_s"],
+        "mesh": args.mesh, "device": device, "compile_s": timing["compile_s"], "median_s": timing["median_s"],
         "peak_bytes": peak_bytes(), "flops": flops, "flops_per_s": flops / timing["median_s"],
         "mfu": None if peak is None else flops / timing["median_s"] / peak,
     }

@@ -152,11 +152,17 @@ def compare(case: Case, ours: dict[str, np.ndarray]) -> tuple[OutputResult, ...]
     return tuple(results)
 
 
-def run_case(case_dir: str | os.PathLike, **options) -> CaseResult:
-    """Loads a case, runs our implementation, compares. Options (e.g. `mesh`) go to the runner."""
+def run_case(case_dir: str | os.PathLike, mesh=None, **options) -> CaseResult:
+    """Loads a case, runs our implementation, compares. Options go to the runner.
+
+    mesh: a Mesh or spec ("fsdp=4,seq=2") set as the context mesh while the runner runs: DiT weights load onto
+      their shards and the DiT's activations are split (see wan22_jax.sharding).
+    """
+    from wan22_jax.sharding import make_mesh, mesh_context
     case = load_case(case_dir)
     runner = runner_for(case.component)
-    ours = {k: np.asarray(v) for k, v in runner.run(case, **options).items()}
+    with mesh_context(None if mesh is None else make_mesh(mesh)):
+        ours = {k: np.asarray(v) for k, v in runner.run(case, **options).items()}
     return CaseResult(case.name, case.component, compare(case, ours), ours)
 
 

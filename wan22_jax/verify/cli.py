@@ -8,13 +8,15 @@ from pathlib import Path
 
 from safetensors.numpy import save_file
 
-from wan22_jax.errors import UnsupportedComponentError
+from wan22_jax.errors import ConfigError, UnsupportedComponentError
 from wan22_jax.verify import find_cases, run_case
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("cases", nargs="+", help="reference case folders (or folders containing them)")
     p.add_argument("--save-outputs", metavar="DIR", help="write our outputs to DIR/<case>/outputs.safetensors")
+    p.add_argument("--mesh", metavar="SPEC", help="run sharded over a device mesh, e.g. fsdp=4,seq=2 (axes data, "
+                   "fsdp, seq, tensor; the product must equal the device count)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -28,11 +30,19 @@ def main(args: argparse.Namespace) -> int:
         else:
             print(f"error: {c} is not a reference case folder (no case.json inside)", file=sys.stderr)
             return 2
+    mesh = None
+    if args.mesh:
+        from wan22_jax.sharding import make_mesh
+        try:
+            mesh = make_mesh(args.mesh)
+        except ConfigError as e:
+            print(f"error: --mesh: {e}", file=sys.stderr)
+            return 2
     n_fail = 0
     unsupported = 0
     for d in dirs:
         try:
-            res = run_case(d)
+            res = run_case(d, mesh=mesh)
         except UnsupportedComponentError as e:
             print(f"{d.name}: UNSUPPORTED ({e})", file=sys.stderr)
             unsupported += 1

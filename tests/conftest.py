@@ -1,14 +1,6 @@
-import os
-
 import pytest
 
-from wan22_jax.verify import default_reference_dir, find_cases
-
-REFERENCE_DIR = default_reference_dir()
-
-
-def reference_cases():
-    return find_cases(REFERENCE_DIR) if REFERENCE_DIR.is_dir() else []
+from refcases import REFERENCE_DIR
 
 
 @pytest.fixture(scope="session")

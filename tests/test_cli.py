@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import REFERENCE_DIR
+from refcases import REFERENCE_DIR
 
 
 def wan22(*args, cwd=None):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import reference_cases
+from refcases import reference_cases
 from wan22_jax.errors import UnsupportedComponentError
 from wan22_jax.verify import run_case
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from conftest import REFERENCE_DIR
+from refcases import REFERENCE_DIR
 from dit_reference import official_state_dict
 from wan22_jax.convert.dit import DIFFUSERS, OFFICIAL, abstract_dit, dit_table, load_dit, read_dit_config
 from wan22_jax.convert.mapping import check, flat_state

@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("wan22_jax.convert.cli", "convert an official or Diffusers checkpoint folder to our Orbax format"),
     "bench": ("wan22_jax.bench.cli", "benchmark a component with random weights"),
     "generate": ("wan22_jax.generate_cli", "generate a video"),
+    "train": ("wan22_jax.train_cli", "train a DiT or a LoRA on the mini-world (resumes from checkpoints)"),
 }
 
 

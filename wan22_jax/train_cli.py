@@ -1,0 +1,46 @@
+"""`wan22 train CONFIG.json`: train a DiT (or a LoRA on one) on the mini-world; see wan22_jax/training/loop.py
+for the config fields. Re-running the same command resumes from the last checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from wan22_jax.errors import ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="a JSON training config (see wan22_jax/training/loop.py)")
+    parser.add_argument("--steps", type=int, default=None, help="override the config's step count")
+    parser.add_argument("--out-dir", default=None, help="override the config's out_dir")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    from wan22_jax.training.loop import train
+
+    path = Path(args.config)
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the training config ({e})") from e
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: the training config must be a JSON object")
+    if args.steps is not None:
+        config["steps"] = args.steps
+    if args.out_dir is not None:
+        config["out_dir"] = args.out_dir
+    if args.no_progress:
+        config["progress"] = False
+    result = train(config)
+    print(f"trained to step {result['step']} in {result['seconds']:.1f} s; last loss {result['last_loss']:.5f}; "
+          f"outputs in {result['out_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(prog="wan22 train")
+    add_arguments(p)
+    sys.exit(main(p.parse_args()))

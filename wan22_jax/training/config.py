@@ -1,0 +1,65 @@
+"""Training hyper-parameters (one frozen, strictly parsed dataclass)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from wan22_jax.errors import ConfigError
+
+T_SAMPLINGS = ("uniform", "logit_normal")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """How one DiT (or one LoRA on it) is trained.
+
+    lr, warmup_steps, total_steps: AdamW with linear warmup then cosine decay to `lr * final_lr_ratio`.
+    grad_clip: global-norm clipping (0 disables). grad_accum: micro-batches per step (the batch carries a
+      leading [grad_accum] axis; the mean gradient over all samples is exactly that of the big batch).
+    ema_decay: EMA of the weights (0 disables: `ema` then mirrors the params).
+    shift: the samplers' resolution shift applied to the sampled sigma (`samplers.shift_sigmas`).
+    t_sampling: base distribution of sigma before the shift: "uniform" or "logit_normal" (mean 0, std 1).
+    t_range: (lo, hi) in [0, 1]: this model only sees shifted sigmas in [lo, hi) — an A14B expert trains on
+      its side of the boundary: high noise (boundary, 1), low noise (0, boundary).
+    first_frame_prob: ti2v: probability that a sample is image-conditioned (latent frame 0 clean with t=0,
+      excluded from the loss).
+    dtype: compute dtype of the DiT (the master weights and optimizer state are always float32).
+    remat: wrap the loss in jax.checkpoint (recomputes the forward in the backward pass).
+    """
+
+    lr: float = 1e-4
+    warmup_steps: int = 100
+    total_steps: int = 1000
+    final_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    ema_decay: float = 0.0
+    shift: float = 5.0
+    t_sampling: str = "uniform"
+    t_range: tuple[float, float] = (0.0, 1.0)
+    first_frame_prob: float = 0.0
+    num_train_timesteps: int = 1000
+    dtype: str = "float32"
+    remat: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.t_sampling not in T_SAMPLINGS:
+            raise ConfigError(f"t_sampling {self.t_sampling!r} is not one of {T_SAMPLINGS}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype {self.dtype!r} is not one of {DTYPES}")
+        lo, hi = self.t_range
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ConfigError(f"t_range {self.t_range}: need 0 <= lo < hi <= 1")
+        if self.grad_accum < 1 or self.total_steps < 1 or self.warmup_steps < 0:
+            raise ConfigError("grad_accum and total_steps must be >= 1, warmup_steps >= 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay {self.ema_decay}: need 0 <= decay < 1")
+        if not 0.0 <= self.first_frame_prob <= 1.0:
+            raise ConfigError(f"first_frame_prob {self.first_frame_prob}: need a probability")
+        if self.shift <= 0:
+            raise ConfigError(f"shift {self.shift}: must be > 0")

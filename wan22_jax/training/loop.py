@@ -1,0 +1,241 @@
+"""`train(config)`: one training run from a plain config dict (what `wan22 train CONFIG.json` reads).
+
+    {"out_dir": "runs/mini",                      # loss.csv, eval.csv, loss.png, dit/ or lora.safetensors
+     "world": {"height": 64, "width": 64, "frames": 17, "clips": 512, "seed": 0},
+     "vae": "path/to/folder" | null,              # a Wan VAE folder (latents), or null: pooled pixels
+     "text": {"t5": {T5Config fields}, "seed": 0, "vocab_size": 96},   # frozen random umT5 + tokenizer
+     "dit": {DiTConfig fields},
+     "train": {TrainConfig fields},
+     "lora": null | {"base": "dit folder", "rank": 4, "alpha": 4, "targets": [...]},
+     "batch_size": 8, "steps": 1000, "checkpoint_dir": "runs/mini/ckpt", "keep": 3,
+     "save_every": 100, "eval_every": 100, "eval_batch": 8, "progress": true}
+
+Resuming is automatic: if `checkpoint_dir` holds a committed step, the state (params, optimizer, EMA, step,
+rng, data position) is restored and the run continues from there.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from wan22_jax.config_utils import config_from_dict
+from wan22_jax.errors import ConfigError
+from wan22_jax.models.dit import DiTConfig, WanModel
+from wan22_jax.training.checkpoint import TrainCheckpointer
+from wan22_jax.training.config import TrainConfig
+from wan22_jax.training.data import LatentData, WorldConfig
+from wan22_jax.training.step import full_params, init_state, make_eval_loss, make_train_step
+
+EVAL_TIMESTEPS = (100, 500, 900)
+KEYS = {"out_dir", "world", "vae", "text", "dit", "train", "lora", "batch_size", "steps", "checkpoint_dir",
+        "keep", "save_every", "eval_every", "eval_batch", "progress", "stop_after"}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TextConfig:
+    """The frozen random umT5 (any prompt gets a distinct, fixed embedding) and its tokenizer's size."""
+
+    t5: dict = dataclasses.field(default_factory=lambda: dict(vocab_size=96, dim=32, dim_attn=32, dim_ffn=64,
+                                                              num_heads=4, num_layers=2))
+    seed: int = 0
+    vocab_size: int = 96
+
+
+def _check_keys(config: dict) -> None:
+    unknown = sorted(set(config) - KEYS)
+    if unknown:
+        raise ConfigError(f"unknown training config field(s) {unknown}; valid: {sorted(KEYS)}")
+    for k in ("out_dir", "dit", "steps", "batch_size"):
+        if k not in config:
+            raise ConfigError(f"training config needs {k!r}")
+
+
+def build_text_encoder(text: TextConfig, text_len: int, tokenizer_dir: Path):
+    """(TextEncoder, T5Config): a tokenizer trained on the mini-world corpus and a frozen random umT5."""
+    from wan22_jax.data.mini_world import prompt_corpus
+    from wan22_jax.models.t5 import T5Config, random_t5
+    from wan22_jax.models.tokenizer import Tokenizer
+    from wan22_jax.models.tokenizer_training import train_tokenizer
+    from wan22_jax.text_encoder import TextEncoder
+
+    t5_cfg = config_from_dict(T5Config, text.t5, source="config text.t5")
+    if not (tokenizer_dir / "spiece.model").is_file():
+        train_tokenizer(prompt_corpus() * 4, tokenizer_dir, vocab_size=text.vocab_size)
+    model = random_t5(t5_cfg, dtype=jnp.float32, param_dtype=jnp.float32, seed=text.seed)
+    return TextEncoder(model, Tokenizer(tokenizer_dir, text_len=text_len), cache_size=0), t5_cfg
+
+
+def _video_encoder(vae_path):
+    if vae_path is None:
+        return None
+    from wan22_jax.convert.vae import load_vae
+    from wan22_jax.models.vae_tiling import encode
+    graphdef, state = nnx.split(load_vae(vae_path))
+    return lambda video: encode(graphdef, state, video)
+
+
+class _CsvLog:
+    """Appends rows; on resume, drops rows past the restored step (a killed run may have logged them)."""
+
+    def __init__(self, path: Path, header: list[str], resume_step: int):
+        self.path, self.header = path, header
+        rows = []
+        if path.is_file() and resume_step > 0:
+            with open(path) as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, header)
+            w.writeheader()
+            w.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.header).writerow(row)
+
+
+def plot_losses(out_dir: Path) -> Path:
+    """loss.png from loss.csv (and eval.csv when present)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def read(name):
+        p = out_dir / name
+        if not p.is_file():
+            return []
+        with open(p) as f:
+            return list(csv.DictReader(f))
+
+    train, ev = read("loss.csv"), read("eval.csv")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        steps = np.array([int(r["step"]) for r in train])
+        loss = np.array([float(r["loss"]) for r in train])
+        ax.plot(steps, loss, lw=0.5, alpha=0.4, label="train (per step)")
+        k = max(1, len(loss) // 50)
+        ax.plot(steps[k - 1:], np.convolve(loss, np.ones(k) / k, "valid"), label=f"train ({k}-step mean)")
+    for t in EVAL_TIMESTEPS:
+        if ev:
+            ax.plot([int(r["step"]) for r in ev], [float(r[f"t{t}"]) for r in ev], "o-", ms=3,
+                    label=f"held-out, t={t}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("flow-matching MSE")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "loss.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def train(config: dict[str, Any]) -> dict[str, Any]:
+    """Runs (or resumes) a training run. Returns {"state", "step", "out_dir", "seconds", "last_loss"}."""
+    _check_keys(config)
+    out_dir = Path(config["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    world_cfg = config_from_dict(WorldConfig, config.get("world", {}), source="config world")
+    text_cfg = config_from_dict(TextConfig, config.get("text", {}), source="config text")
+    dit_cfg = config_from_dict(DiTConfig, config["dit"], source="config dit")
+    train_cfg = config_from_dict(TrainConfig, config.get("train", {}), source="config train")
+    steps, batch_size = int(config["steps"]), int(config["batch_size"])
+    dtype = jnp.bfloat16 if train_cfg.dtype == "bfloat16" else jnp.float32
+
+    text_encoder, _ = build_text_encoder(text_cfg, dit_cfg.text_len, out_dir / "tokenizer")
+    encode_text = lambda prompts: text_encoder(prompts)[0]
+    encode_video = _video_encoder(config.get("vae"))
+    data = LatentData(world_cfg, encode_video, encode_text)
+    held_out = LatentData(world_cfg, encode_video, encode_text, split="held_out", seed_offset=1,
+                          clips=int(config.get("eval_batch", 8)))
+    eval_batch = held_out.batch(0, len(held_out))
+    eval_batch = {k: v[0] for k, v in eval_batch.items()}
+
+    lora_spec = config.get("lora")
+    if lora_spec:
+        from wan22_jax.convert.dit import load_dit
+        from wan22_jax.training import lora as lora_mod
+        spec = dict(lora_spec)
+        base_model = load_dit(spec.pop("base"), dtype=dtype, param_dtype=jnp.float32)
+        lora_cfg = config_from_dict(lora_mod.LoraConfig, {**spec, "targets": tuple(spec.get("targets", ()))
+                                                          or lora_mod.LoraConfig().targets},
+                                    source="config lora")
+        graphdef, base_state = nnx.split(base_model)
+        frozen = nnx.to_pure_dict(base_state)
+        params = lora_mod.init_lora(frozen, lora_cfg, seed=train_cfg.seed)
+        params_fn = lora_mod.lora_params_fn(lora_cfg)
+    else:
+        model = WanModel(dit_cfg, dtype=dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(train_cfg.seed))
+        graphdef, state0 = nnx.split(model)
+        params, frozen, params_fn = nnx.to_pure_dict(state0), None, full_params
+
+    state = init_state(params, train_cfg)
+    ckpt = TrainCheckpointer(config.get("checkpoint_dir", out_dir / "ckpt"), keep=int(config.get("keep", 3)))
+    start = 0
+    if ckpt.latest_step() is not None:
+        state, _ = ckpt.restore(state)
+        start = int(state["step"])
+    train_step = make_train_step(graphdef, train_cfg, params_fn)
+    eval_loss = make_eval_loss(graphdef, train_cfg, params_fn)
+    log = _CsvLog(out_dir / "loss.csv", ["step", "loss", "grad_norm", "lr", "seconds"], start)
+    eval_log = _CsvLog(out_dir / "eval.csv", ["step"] + [f"t{t}" for t in EVAL_TIMESTEPS], start)
+    save_every, eval_every = int(config.get("save_every", 100)), int(config.get("eval_every", 100))
+    stop_after = config.get("stop_after")  # for tests: stop (without the final save) after this step
+
+    def evaluate(step):
+        row = {"step": step}
+        for t in EVAL_TIMESTEPS:
+            row[f"t{t}"] = float(eval_loss(state["params"], eval_batch, t / train_cfg.num_train_timesteps, frozen))
+        eval_log.write(row)
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=steps, initial=start, desc="training", unit="step", disable=not config.get("progress", True))
+    t0 = time.perf_counter()
+    loss = float("nan")
+    if start == 0:
+        evaluate(0)
+    for step in range(start, steps):
+        batch = data.batch(int(state["data_position"]), batch_size, train_cfg.grad_accum)
+        state, metrics = train_step(state, batch, frozen)
+        loss = float(metrics["loss"])
+        log.write({"step": step + 1, "loss": f"{loss:.6f}", "grad_norm": f"{float(metrics['grad_norm']):.4f}",
+                   "lr": f"{float(metrics['lr']):.3g}", "seconds": f"{time.perf_counter() - t0:.2f}"})
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        done = step + 1
+        if done % eval_every == 0 or done == steps:
+            evaluate(done)
+        if done % save_every == 0 or done == steps:
+            ckpt.save(state, {"config": config, "step": done})
+        if stop_after is not None and done >= int(stop_after):
+            break
+    bar.close()
+    ckpt.close()
+    seconds = time.perf_counter() - t0
+    if stop_after is None or int(state["step"]) >= steps:
+        _write_result(out_dir, state, graphdef, dit_cfg, train_cfg, lora_spec and lora_cfg, frozen)
+        plot_losses(out_dir)
+    return {"state": state, "step": int(state["step"]), "out_dir": out_dir, "seconds": seconds,
+            "last_loss": loss}
+
+
+def _write_result(out_dir: Path, state, graphdef, dit_cfg, train_cfg, lora_cfg, frozen) -> None:
+    """The trained weights: out_dir/dit (our Orbax DiT format; EMA weights if EMA is on) or
+    out_dir/lora.safetensors."""
+    params = state["ema"] if train_cfg.ema_decay > 0 else state["params"]
+    if lora_cfg:
+        from wan22_jax.training.lora import save_lora
+        save_lora(out_dir / "lora.safetensors", params, lora_cfg)
+        return
+    from wan22_jax.convert.dit import save_dit
+    abstract = nnx.state(nnx.eval_shape(lambda: WanModel(dit_cfg)))
+    nnx.replace_by_pure_dict(abstract, jax.tree.map(np.asarray, params))
+    save_dit(abstract, dit_cfg, out_dir / "dit")

@@ -129,3 +129,17 @@ def test_patchify_unpatchify_round_trip():
     from einops import rearrange
     tokens = rearrange(x, "b c f (h q) (w r) -> b (f h w) (q r c)", q=2, r=2)
     np.testing.assert_array_equal(np.asarray(model.unpatchify(jnp.asarray(tokens), (3, 3, 4))), x)
+
+
+def test_intermediates_are_the_block_outputs():
+    model, _ = _model(DIT_PRESETS["tiny-t2v"])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 16, 1, 4, 4)).astype(np.float32)
+    ctx = rng.standard_normal((1, 5, 48)).astype(np.float32)
+    t = np.array([400.0], np.float32)
+    out, inter = model(x, t, ctx, return_intermediates=True)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(model(x, t, ctx)))
+    assert inter["blocks"].shape == (2, 1, 4, 64) and inter["patch_embedding"].shape == (1, 4, 64)
+    # the head applied to the last block output gives the model output
+    head = np.asarray(model.unpatchify(model.head(inter["blocks"][-1], inter["time_embedding"]), (1, 2, 2)))
+    np.testing.assert_allclose(head, np.asarray(out), rtol=0, atol=1e-6)

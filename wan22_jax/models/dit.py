@@ -279,8 +279,10 @@ class WanModel(nnx.Module):
       context_kv: precomputed `encode_context(context)` to reuse across denoising steps (then `context` is unused).
       kv_mask: optional [B, L] bool, False for padded tokens that self-attention must ignore.
       attn_impl: see `wan22_jax.models.attention`.
+      return_intermediates: also return {"patch_embedding": [B, L, D], "blocks": [layers, B, L, D] (each block's
+        output), "time_embedding": [B, G, D], "time_projection": [B, G, 6, D]}.
     Returns:
-      [B, out_dim, F, H, W] fp32 velocity.
+      [B, out_dim, F, H, W] fp32 velocity (and the intermediates dict).
     """
 
     def __init__(self, cfg: DiTConfig, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
@@ -350,7 +352,8 @@ class WanModel(nnx.Module):
         return rearrange(out, "b (f h w) (p q r c) -> b c (f p) (h q) (w r)", f=f, h=h, w=w, p=pt, q=ph, r=pw)
 
     # -------------------------------------------------------------------------------- forward
-    def __call__(self, x, t, context=None, *, y=None, context_kv=None, kv_mask=None, attn_impl: str = "xla"):
+    def __call__(self, x, t, context=None, *, y=None, context_kv=None, kv_mask=None, attn_impl: str = "xla",
+                 return_intermediates: bool = False):
         cfg = self.cfg
         if y is not None:
             x = jnp.concatenate([x, y.astype(x.dtype)], axis=1)
@@ -385,11 +388,16 @@ class WanModel(nnx.Module):
         def body(carry, layer):
             i, layer_state, k, v = layer
             block = nnx.merge(graphdef, layer_state)
-            out = block(carry, e0, cos, sin, (k, v), kv_mask, attn_impl, first=i == 0)
-            return shard(out, ("batch", "tokens", "embed")), None
+            out = shard(block(carry, e0, cos, sin, (k, v), kv_mask, attn_impl, first=i == 0),
+                        ("batch", "tokens", "embed"))
+            return out, (out if return_intermediates else None)
 
         layer_ids = jnp.arange(cfg.num_layers)
-        h = shard(h.astype(jnp.float32), ("batch", "tokens", "embed"))
-        h, _ = jax.lax.scan(body, h, (layer_ids, state, *context_kv))
-        out = unpad_frames(self.head(h, e), grid[0], per_frame)
-        return self.unpatchify(out, grid).astype(jnp.float32)
+        h0 = h = shard(h.astype(jnp.float32), ("batch", "tokens", "embed"))
+        h, per_block = jax.lax.scan(body, h, (layer_ids, state, *context_kv))
+        out = self.unpatchify(unpad_frames(self.head(h, e), grid[0], per_frame), grid).astype(jnp.float32)
+        if not return_intermediates:
+            return out
+        # named intermediates, for analysis and for bisecting a parity failure layer by layer (token axis as
+        # computed, i.e. including any per-frame padding added for sharding)
+        return out, {"patch_embedding": h0, "blocks": per_block, "time_embedding": e, "time_projection": e0}

@@ -425,29 +425,33 @@ def apply_head(head: nnx.List, x: jax.Array, cache: Cache) -> tuple[jax.Array, C
 
 
 # ----------------------------------------------------------------------------------------------- model
-class Encoder(nnx.Module):
-    """Official Encoder3d forward, `conv1 -> downsamples -> middle -> head`, for one chunk; the version's
-    subclass builds the layers (`downsamples` differ between 2.1 and 2.2)."""
+class _Coder(nnx.Module):
+    """Official Encoder3d / Decoder3d forward for one chunk: `conv1`, the `BODY` layer lists in order, `head`.
+    The version's subclass builds the layers; the cache is a dict with one entry per part."""
+
+    BODY: tuple[str, ...]
 
     def __call__(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
-        """x [B, t, H, W, C] (one chunk) -> ([B, t', H/8, W/8, 2z], cache); cache None on the first chunk."""
         x, c_in = self.conv1(x, _sub(cache, "conv1"))
-        x, c_down = run_sequence(self.downsamples, x, _sub(cache, "downsamples"))
-        x, c_mid = run_sequence(self.middle, x, _sub(cache, "middle"))
-        x, c_head = apply_head(self.head, x, _sub(cache, "head"))
-        return x, {"conv1": c_in, "downsamples": c_down, "middle": c_mid, "head": c_head}
+        new = {"conv1": c_in}
+        for name in self.BODY:
+            x, new[name] = run_sequence(getattr(self, name), x, _sub(cache, name))
+        x, new["head"] = apply_head(self.head, x, _sub(cache, "head"))
+        return x, new
 
 
-class Decoder(nnx.Module):
-    """Official Decoder3d forward, `conv1 -> middle -> upsamples -> head`, for one latent frame."""
+class Encoder(_Coder):
+    """`conv1 -> downsamples -> middle -> head`: one chunk [B, t, H, W, C] -> [B, t', H/8, W/8, 2z] (t' = 1 on
+    the first chunk, t/4 after; cache None on the first chunk)."""
 
-    def __call__(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
-        """x [B, 1, h, w, z] -> ([B, 1 (first chunk) or 4, 8h, 8w, C], cache); cache None on the first chunk."""
-        x, c_in = self.conv1(x, _sub(cache, "conv1"))
-        x, c_mid = run_sequence(self.middle, x, _sub(cache, "middle"))
-        x, c_up = run_sequence(self.upsamples, x, _sub(cache, "upsamples"))
-        x, c_head = apply_head(self.head, x, _sub(cache, "head"))
-        return x, {"conv1": c_in, "middle": c_mid, "upsamples": c_up, "head": c_head}
+    BODY = ("downsamples", "middle")
+
+
+class Decoder(_Coder):
+    """`conv1 -> middle -> upsamples -> head`: one latent frame [B, 1, h, w, z] -> [B, 1 (first chunk) or 4,
+    8h, 8w, C]."""
+
+    BODY = ("middle", "upsamples")
 
 
 class CausalVAE(nnx.Module):

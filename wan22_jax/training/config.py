@@ -24,6 +24,8 @@ class TrainConfig:
       its side of the boundary: high noise (boundary, 1), low noise (0, boundary).
     first_frame_prob: ti2v: probability that a sample is image-conditioned (latent frame 0 clean with t=0,
       excluded from the loss).
+    text_dropout: probability that a sample's context is zeroed (the null condition classifier-free guidance
+      needs).
     dtype: compute dtype of the DiT (the master weights and optimizer state are always float32).
     remat: wrap the loss in jax.checkpoint (recomputes the forward in the backward pass).
     """
@@ -42,6 +44,7 @@ class TrainConfig:
     t_sampling: str = "uniform"
     t_range: tuple[float, float] = (0.0, 1.0)
     first_frame_prob: float = 0.0
+    text_dropout: float = 0.0
     num_train_timesteps: int = 1000
     dtype: str = "float32"
     remat: bool = False

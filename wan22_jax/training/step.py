@@ -69,7 +69,11 @@ def batch_loss(graphdef, params, frozen, batch, key, cfg: TrainConfig, params_fn
     def run(params):
         velocity = dit_velocity(graphdef, params_fn(params, frozen))
         keys = per_sample_keys(key, batch["latents"].shape[0], offset)
-        return flow_matching_loss(velocity, batch["latents"], batch["context"], keys, cfg, sigma)
+        context = batch["context"]
+        if cfg.text_dropout > 0 and sigma is None:
+            drop = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 7)) < cfg.text_dropout)(keys)
+            context = jnp.where(drop[:, None, None], 0.0, context)
+        return flow_matching_loss(velocity, batch["latents"], context, keys, cfg, sigma)
     return (jax.checkpoint(run) if cfg.remat else run)(params)
 
 

@@ -48,6 +48,9 @@ def main(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     try:
+        if args.frames is not None:  # cheap checks first: a bad argument should not wait for a model load
+            from wan22_jax.conditioning import check_frames
+            check_frames(args.frames)
         if args.preset:
             from wan22_jax.presets import random_pipeline
             pipe = random_pipeline(args.task or "ti2v-5B", seed=0)

@@ -10,12 +10,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from wan22_jax.configs import get_task
-from wan22_jax.models.dit import DiTConfig, WanModel
+from wan22_jax.convert.dit import random_dit
+from wan22_jax.models.dit import DiTConfig
 from wan22_jax.models.t5 import T5Config, random_t5
 from wan22_jax.models.tokenizer import Tokenizer
 from wan22_jax.models.tokenizer_training import train_tokenizer
 from wan22_jax.models.vae_blocks import VAEConfig
-from wan22_jax.models.vae_tiling import build_vae
+from wan22_jax.models.vae_tiling import random_vae
 from wan22_jax.pipeline import EXPERTS, Wan22Pipeline
 from wan22_jax.text_encoder import TextEncoder
 
@@ -41,12 +42,11 @@ def random_pipeline(task: str = "ti2v-5B", *, seed: int = 0, text_len: int = 128
                         text_dim=t5_cfg.dim, out_dim=z_dim, num_heads=4, num_layers=2)
     vae_cfg = VAEConfig(version=t.vae_version, dim=8, dec_dim=8 if t.vae_version == "2.2" else None, z_dim=z_dim)
     names = EXPERTS if t.two_experts else ("model",)
-    experts = {n: nnx.split(WanModel(dit_cfg, rngs=nnx.Rngs(seed + i))) for i, n in enumerate(names)}
-    vae = build_vae(vae_cfg, rngs=nnx.Rngs(seed + 7))
+    experts = {n: nnx.split(random_dit(dit_cfg, seed + i)) for i, n in enumerate(names)}
     tok_dir = train_tokenizer(_CORPUS * 4, tempfile.mkdtemp(prefix="wan22_tiny_tok_"), vocab_size=t5_cfg.vocab_size)
     text = TextEncoder(random_t5(t5_cfg, dtype=jnp.float32, param_dtype=jnp.float32, seed=seed),
                        Tokenizer(tok_dir, text_len=text_len))
     small = dict(frame_num=17, sample_steps=8, size=(64, 64) if t.vae_version == "2.2" else (64, 48),
                  max_area=64 * 64 if t.vae_version == "2.2" else 64 * 48)
     t = dataclasses.replace(t, **small)
-    return Wan22Pipeline(t, experts, dit_cfg, nnx.split(vae), vae_cfg, text, dtype=jnp.float32)
+    return Wan22Pipeline(t, experts, dit_cfg, random_vae(vae_cfg, seed + 7), vae_cfg, text, dtype=jnp.float32)

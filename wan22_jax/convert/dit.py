@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from wan22_jax.config_utils import config_from_dict, config_to_dict
@@ -148,6 +150,28 @@ def read_dit_config(folder: str | Path) -> tuple[DiTConfig, str]:
 def abstract_dit(cfg: DiTConfig, *, dtype=jnp.float32, param_dtype=jnp.float32):
     """(graphdef, abstract state) of a WanModel without allocating any parameter."""
     return nnx.split(nnx.eval_shape(lambda: WanModel(cfg, dtype=dtype, param_dtype=param_dtype)))
+
+
+def random_dit(cfg: DiTConfig, seed: int = 0, *, dtype=jnp.float32, param_dtype=jnp.float32) -> WanModel:
+    """A WanModel with random weights drawn on the host with numpy, leaf by leaf (the reference cases' scheme:
+    kernels N(0, 1/fan_in), biases 0.1 N, norm weights 1 + 0.1 N, modulations 0.1 N). Building with `nnx.Rngs`
+    instead compiles one random op per parameter shape, which dominates the cost of small models, and a
+    full-size one would be drawn on the device. For tests, presets and benchmarks."""
+    graphdef, abstract = abstract_dit(cfg, dtype=dtype, param_dtype=param_dtype)
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for path, leaf in flat_state(abstract).items():
+        shape, name = tuple(leaf.shape), path.rsplit(".", 1)[-1]
+        x = rng.standard_normal(shape, dtype=np.float32)
+        if name == "kernel":
+            fan_in = math.prod(shape[-5:-1]) if path == "patch_embedding.kernel" else shape[-2]
+            x *= np.float32(1.0 / math.sqrt(fan_in))
+        elif name == "weight":  # norms
+            x = 1.0 + np.float32(0.1) * x
+        else:  # biases, modulations
+            x *= np.float32(0.1)
+        arrays[path] = jnp.asarray(x.astype(leaf.dtype))
+    return nnx.merge(graphdef, fill_state(abstract, arrays))
 
 
 def convert_dit(source: TensorSource, cfg: DiTConfig, layout: str, *, dtype=jnp.float32,

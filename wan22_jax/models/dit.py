@@ -318,8 +318,8 @@ class WanModel(nnx.Module):
             raise InputError(f"t has shape {t.shape}; expected [B], [B, {f}] (per latent frame) or "
                              f"[B, {f * h * w}] (per token)")
         e = sinusoidal_embedding(t, self.cfg.freq_dim)
-        e = self.time_embedding["2"](jax.nn.silu(self.time_embedding["0"](e)))
-        e0 = self.time_projection["1"](jax.nn.silu(e))
+        e = shard(self.time_embedding["2"](jax.nn.silu(self.time_embedding["0"](e))), ("batch", None, "embed"))
+        e0 = shard(self.time_projection["1"](jax.nn.silu(e)), ("batch", None, "embed"))
         return e, e0.reshape(*e0.shape[:-1], 6, self.cfg.dim)
 
     def encode_context(self, context):

@@ -1,0 +1,30 @@
+"""The attention entry point: implementations agree; the blocked long-sequence path equals the dense one."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wan22_jax.models.attention import _dense, attention, query_block
+
+
+def test_query_block_choice():
+    assert query_block(512) is None and query_block(1600) == 200 and query_block(75600) == 252
+    assert query_block(1031) is None  # prime: dense
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_blocked_equals_dense_and_dot_product(masked):
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, 1600, 2, 16)), jnp.float32) for _ in range(3))
+    mask = jnp.asarray(np.arange(1600)[None] < np.array([[1600], [1100]])) if masked else None
+    blocked = np.asarray(attention(q, k, v, kv_mask=mask, impl="xla"))
+    dense = np.asarray(_dense(q, k, v, mask, None, 0.25))
+    np.testing.assert_allclose(blocked, dense, rtol=0, atol=1e-6)
+    dp = np.asarray(attention(q, k, v, kv_mask=mask, impl="dot_product"))
+    np.testing.assert_allclose(dp, dense, rtol=0, atol=1e-5)
+
+
+def test_unknown_implementation_is_named():
+    x = jnp.zeros((1, 4, 1, 8))
+    with pytest.raises(ValueError, match="flash3"):
+        attention(x, x, x, impl="flash3")

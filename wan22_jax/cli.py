@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand -> (module with add_arguments/main, help). Modules are imported only when their command runs,
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):  # one process per host: join the others before any JAX work
+        from wan22_jax.sharding import initialize_distributed
+        initialize_distributed()
     if getattr(args, "_missing", None):
         print(f"error: {args._missing}", file=sys.stderr)
         return 2

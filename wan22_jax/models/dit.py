@@ -279,6 +279,8 @@ class WanModel(nnx.Module):
       context_kv: precomputed `encode_context(context)` to reuse across denoising steps (then `context` is unused).
       kv_mask: optional [B, L] bool, False for padded tokens that self-attention must ignore.
       attn_impl: see `wan22_jax.models.attention`.
+      remat: rematerialise each block in the backward pass (jax.checkpoint on the scanned block): activation
+        memory of one block instead of all, for one extra forward per block.
       return_intermediates: also return {"patch_embedding": [B, L, D], "blocks": [layers, B, L, D] (each block's
         output), "time_embedding": [B, G, D], "time_projection": [B, G, 6, D]}.
     Returns:
@@ -353,7 +355,7 @@ class WanModel(nnx.Module):
 
     # -------------------------------------------------------------------------------- forward
     def __call__(self, x, t, context=None, *, y=None, context_kv=None, kv_mask=None, attn_impl: str = "xla",
-                 return_intermediates: bool = False):
+                 return_intermediates: bool = False, remat: bool = False):
         cfg = self.cfg
         if y is not None:
             x = jnp.concatenate([x, y.astype(x.dtype)], axis=1)
@@ -392,6 +394,8 @@ class WanModel(nnx.Module):
                         ("batch", "tokens", "embed"))
             return out, (out if return_intermediates else None)
 
+        if remat:  # training: keep only each block's input, recompute its activations in the backward pass
+            body = jax.checkpoint(body)
         layer_ids = jnp.arange(cfg.num_layers)
         h0 = h = shard(h.astype(jnp.float32), ("batch", "tokens", "embed"))
         h, per_block = jax.lax.scan(body, h, (layer_ids, state, *context_kv))

@@ -27,7 +27,8 @@ class TrainConfig:
     text_dropout: probability that a sample's context is zeroed (the null condition classifier-free guidance
       needs).
     dtype: compute dtype of the DiT (the master weights and optimizer state are always float32).
-    remat: wrap the loss in jax.checkpoint (recomputes the forward in the backward pass).
+    remat: rematerialise every DiT block in the backward pass (jax.checkpoint on the scanned block): the
+      activation memory of one block instead of all of them, for about one extra forward.
     """
 
     lr: float = 1e-4

@@ -56,10 +56,10 @@ def ema_update(ema, params, decay: float):
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
 
 
-def dit_velocity(graphdef, dit_state):
-    """(x_t, t, context) -> velocity of the DiT (graphdef, state)."""
+def dit_velocity(graphdef, dit_state, remat: bool = False):
+    """(x_t, t, context) -> velocity of the DiT (graphdef, state); remat: recompute each block in backward."""
     def velocity(x_t, t, context):
-        return nnx.merge(graphdef, dit_state)(x_t, t, context)
+        return nnx.merge(graphdef, dit_state)(x_t, t, context, remat=remat)
     return velocity
 
 
@@ -67,14 +67,14 @@ def batch_loss(graphdef, params, frozen, batch, key, cfg: TrainConfig, params_fn
                offset=0, sigma=None):
     """(sum of squared errors, element count) of one (micro-)batch {"latents", "context"}."""
     def run(params):
-        velocity = dit_velocity(graphdef, params_fn(params, frozen))
+        velocity = dit_velocity(graphdef, params_fn(params, frozen), remat=cfg.remat)
         keys = per_sample_keys(key, batch["latents"].shape[0], offset)
         context = batch["context"]
         if cfg.text_dropout > 0 and sigma is None:
             drop = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 7)) < cfg.text_dropout)(keys)
             context = jnp.where(drop[:, None, None], 0.0, context)
         return flow_matching_loss(velocity, batch["latents"], context, keys, cfg, sigma)
-    return (jax.checkpoint(run) if cfg.remat else run)(params)
+    return run(params)
 
 
 def make_train_step(graphdef, cfg: TrainConfig, params_fn: ParamsFn = full_params):

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from wan22_jax.convert.mapping import Rule, convert, flat_state, fill_state, linear, stacked
+from wan22_jax.convert.ours import find as find_ours, load as load_ours, save as save_ours
 from wan22_jax.errors import CheckpointFormatError, ConfigError
 from wan22_jax.io.tensor_source import SafetensorsSource, TensorSource
 from wan22_jax.io.torch_pickle import load_pth
@@ -239,7 +240,30 @@ def load_t5(path: str | os.PathLike, *, dtype: Any = jnp.bfloat16, param_dtype: 
     `t5_forward` and the jit boundaries take. Any missing, unexpected or mis-shaped tensor raises
     WeightMappingError naming it.
     """
+    ours = find_ours(path, KIND)
+    if ours is not None:
+        return load_ours(ours, KIND, T5Config, lambda c: abstract_t5(c, dtype=dtype, param_dtype=param_dtype,
+                                                                    attn_impl=attn_impl), param_dtype)[1]
     cfg, arrays = convert_t5(path, param_dtype=param_dtype)
     graphdef, abstract = abstract_t5(cfg, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl)
     state = fill_state(abstract, {k: jax.device_put(v) for k, v in arrays.items()})
     return nnx.merge(graphdef, state)
+
+
+KIND = "t5"
+OFFICIAL_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
+
+
+def release_jobs(src: Path) -> list:
+    """`wan22 convert` jobs for the text encoder of a release folder: ("t5", writer(dst))."""
+    if not (Path(src) / OFFICIAL_FILE).is_file():
+        return []
+
+    def write(dst: Path):
+        # keep the file's precision: bf16 for a release (11 GB), fp32 for the fp32 test checkpoints
+        source = open_t5_checkpoint(src).source
+        stored = source.dtype(next(iter(source)))
+        param_dtype = jnp.bfloat16 if stored == jnp.bfloat16 else jnp.float32
+        model = load_t5(src, dtype=jnp.bfloat16, param_dtype=param_dtype)
+        save_ours(model, KIND, model.cfg, dst)
+    return [("t5", write)]

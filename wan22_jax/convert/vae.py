@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from wan22_jax.config_utils import config_from_dict
+from wan22_jax.convert.ours import find as find_ours, load as load_ours, save as save_ours
 from wan22_jax.convert.mapping import Rule, conv1x1, conv2d, conv3d, convert, flat_state, fill_state, flatten
 from wan22_jax.errors import CheckpointFormatError, ConfigError, WeightMappingError
 from wan22_jax.io.tensor_source import SafetensorsSource, TensorSource
@@ -308,6 +309,10 @@ def load_vae(path: str | os.PathLike, *, dtype: Any = jnp.float32, param_dtype: 
       the NNX model (split it once with `nnx.split` and pass (graphdef, state) to `vae_tiling.encode/decode`).
     """
     param_dtype = dtype if param_dtype is None else param_dtype
+    ours = find_ours(path, KIND)
+    if ours is not None:
+        return load_ours(ours, KIND, VAEConfig, lambda c: abstract_vae(c, dtype=dtype, param_dtype=param_dtype,
+                                                                     attn_impl=attn_impl), param_dtype)[1]
     layout, source, cfg, origin = source_and_config(path, version=version)
     graphdef, abstract = abstract_vae(cfg, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl)
     try:
@@ -315,3 +320,18 @@ def load_vae(path: str | os.PathLike, *, dtype: Any = jnp.float32, param_dtype: 
     except WeightMappingError as e:
         raise WeightMappingError(f"{e} [model config: {origin}]") from e
     return nnx.merge(graphdef, fill_state(abstract, arrays))
+
+
+KIND = "vae"
+
+
+def release_jobs(src: Path) -> list:
+    """`wan22 convert` jobs for the VAE of a release folder: ("vae", writer(dst))."""
+    found = [f for f in OFFICIAL_FILES.values() if (Path(src) / f).is_file()]
+    if len(found) != 1:
+        return []
+
+    def write(dst: Path):
+        model = load_vae(Path(src) / found[0])
+        save_ours(model, KIND, model.config, dst)
+    return [("vae", write)]

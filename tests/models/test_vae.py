@@ -208,3 +208,24 @@ def test_real_presets_build_abstractly_with_official_parameter_counts():
         model = nnx.eval_shape(lambda: build_vae(preset(name)))
         n = sum(int(np.prod(v.shape)) for v in flat_state(nnx.state(model)).values())
         assert n == count, name
+
+
+@pytest.mark.parametrize("name", VERSIONS)
+def test_im2col_convolutions_match_xla(name):
+    # the training-speed lowering (vae_blocks.conv_impl) is the same sum in another order
+    from wan22_jax.models.vae_blocks import conv_impl
+    graphdef, state = random_vae(name)
+    x = jnp.asarray(np.random.default_rng(4).uniform(-1, 1, (1, 5, 32, 32, 3)), jnp.float32)
+
+    def run(state, x):
+        vae = nnx.merge(graphdef, state)
+        z = vae.encode_frames(x)
+        return z, vae.decode_frames(z)
+
+    z_ref, rec_ref = jax.jit(run)(state, x)
+    with conv_impl("im2col"):
+        z, rec = jax.jit(lambda s, v: run(s, v))(state, x)  # a new function: traced under im2col
+    assert rel_err(z, z_ref) < 1e-5 and rel_err(rec, rec_ref) < 1e-5
+    with pytest.raises(Exception, match="conv_impl"):
+        with conv_impl("winograd"):
+            pass

@@ -20,6 +20,7 @@ Cache rules (docs 6.2), with the official's 1-frame special cases folded into fi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, Sequence
@@ -181,6 +182,40 @@ def _precision(dtype) -> lax.Precision:
 # Frames of at least this many pixels use the per-tap 2-D formulation of conv3d on CPU (see conv3d).
 _TAPS_MIN_PIXELS = 32 * 32
 
+CONV_IMPLS = ("auto", "im2col")
+_conv_impl = ["auto"]
+
+
+@contextlib.contextmanager
+def conv_impl(name: str):
+    """Selects how the VAE's convolutions are lowered while tracing inside this block.
+
+    "auto": XLA convolutions (per-tap 2-D on CPU for large frames, see conv3d). "im2col": the kernel's taps
+    gathered into channels and one matmul. On CPU, for narrow layers (the mini-world VAE, width 16), the
+    im2col form trains ~7x faster: XLA CPU's convolution gradients are far from its GEMM speed
+    (experiments/mini_world/README.md). It holds taps x channels of activations, so keep it to narrow models.
+    The choice is read at trace time: a function already jitted keeps the lowering it was traced with.
+    """
+    if name not in CONV_IMPLS:
+        raise ConfigError(f"conv_impl {name!r} is not one of {CONV_IMPLS}")
+    prev = _conv_impl[0]
+    _conv_impl[0] = name
+    try:
+        yield
+    finally:
+        _conv_impl[0] = prev
+
+
+def _im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], dtype) -> jax.Array:
+    """Valid convolution as one matmul: x [B, *S, I] (already padded), kernel [*K, I, O], strides per axis."""
+    spatial, taps = x.shape[1:-1], kernel.shape[:-2]
+    out = [(n - k) // s + 1 for n, k, s in zip(spatial, taps, strides)]
+    cols = [lax.slice(x, (0, *offs, 0), (x.shape[0], *(o + (n - 1) * s + 1 for o, n, s in zip(offs, out, strides)),
+                                         x.shape[-1]), (1, *strides, 1))
+            for offs in np.ndindex(*taps)]
+    patches = jnp.concatenate(cols, axis=-1)  # [B, *out, taps * I], tap-major like the kernel's reshape
+    return jnp.einsum("...k,ko->...o", patches, kernel.reshape(-1, kernel.shape[-1]), precision=_precision(dtype))
+
 
 def conv3d(x: jax.Array, kernel: jax.Array, *, stride_t: int = 1, dtype=jnp.float32) -> jax.Array:
     """Convolution valid in time, 'same' in space (kernel sizes are odd), channels-last.
@@ -199,6 +234,9 @@ def conv3d(x: jax.Array, kernel: jax.Array, *, stride_t: int = 1, dtype=jnp.floa
     kt, kh, kw = kernel.shape[:3]
     b, t, h, w, c = x.shape
     x, kernel = x.astype(dtype), kernel.astype(dtype)
+    if _conv_impl[0] == "im2col":
+        x = jnp.pad(x, ((0, 0), (0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+        return _im2col_conv(x, kernel, (stride_t, 1, 1), dtype)
     if (stride_t == 1 and kh > 1 and h * w >= _TAPS_MIN_PIXELS and jax.default_backend() == "cpu"):
         t_out = t - kt + 1
         out = None
@@ -214,6 +252,9 @@ def conv3d(x: jax.Array, kernel: jax.Array, *, stride_t: int = 1, dtype=jnp.floa
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding, dtype=jnp.float32) -> jax.Array:
     """2-D convolution, channels-last: x [N, H, W, I], kernel [kh, kw, I, O] -> [N, H', W', O]."""
+    if _conv_impl[0] == "im2col":
+        x = jnp.pad(x.astype(dtype), ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+        return _im2col_conv(x, kernel.astype(dtype), (stride, stride), dtype)
     return lax.conv_general_dilated(
         x.astype(dtype), kernel.astype(dtype), window_strides=(stride, stride), padding=padding,
         dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=_precision(dtype))

@@ -1,4 +1,10 @@
+import os
+
 import pytest
+
+# The CLI turns on JAX's persistent compilation cache; tests that call it in-process must not change the
+# test process's JAX configuration (tests/test_compile_cache.py checks the cache in subprocesses).
+os.environ.setdefault("WAN22_COMPILATION_CACHE", "0")
 
 from refcases import REFERENCE_DIR
 

@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):  # one process per host: join the others before any JAX work
         from wan22_jax.sharding import initialize_distributed
         initialize_distributed()
+    if args.command in ("generate", "verify"):  # not bench: it reports compile times
+        from wan22_jax.compile_cache import enable_compilation_cache
+        enable_compilation_cache()
     if getattr(args, "_missing", None):
         print(f"error: {args._missing}", file=sys.stderr)
         return 2

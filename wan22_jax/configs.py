@@ -52,8 +52,11 @@ class TaskConfig:
     max_area: int = 1280 * 720
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     num_train_timesteps: int = 1000
+    dtype: str = "bfloat16"  # the DiT dtype `from_pretrained` uses unless told (releases: bf16, as official)
 
     def __post_init__(self):
+        if self.dtype not in ("bfloat16", "float32"):
+            raise InputError(f"task {self.name}: dtype {self.dtype!r} is not 'bfloat16' or 'float32'")
         if self.mode not in MODES:
             raise InputError(f"task mode {self.mode!r} is not one of {MODES}")
         if self.two_experts and self.boundary is None:
@@ -94,3 +97,21 @@ def task_for_model_type(model_type: str, two_experts: bool) -> TaskConfig:
     if key is None:
         raise InputError(f"no task for a {'two-expert' if two_experts else 'single'} {model_type!r} checkpoint")
     return TASKS[key]
+
+
+TASK_FILE = "task.json"  # a checkpoint folder's own task (the mini-world model ships one)
+
+
+def load_task_file(path) -> TaskConfig:
+    """The TaskConfig stored in `path` (a task.json), strictly parsed."""
+    import json
+    from pathlib import Path
+
+    from wan22_jax.config_utils import config_from_dict
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: cannot read the task file: {e}") from e
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: a task file is a JSON object of TaskConfig fields")
+    return config_from_dict(TaskConfig, raw, source=str(path))

@@ -19,7 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=sorted(TASKS), help="default: inferred from the checkpoint (tiny-random: "
                    "ti2v-5B)")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--negative-prompt", help="default: the official negative prompt")
+    p.add_argument("--negative-prompt", help="default: the task's (official tasks: the official negative prompt; "
+                   "the mini-world model: the empty prompt)")
     p.add_argument("--image", help="first frame (i2v-A14B, ti2v-5B)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="official release folder or our converted folder (default: the "
@@ -33,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guide-scale", type=float, nargs="+", help="one value, or low-noise high-noise for A14B")
     p.add_argument("--eta", type=float, default=0.0, help="noise re-injection of --solver ddim")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="DiT dtype (checkpoints)")
+    p.add_argument("--dtype", choices=("bf16", "fp32"), help="DiT dtype (default: the checkpoint task's: bf16 for "
+                   "releases, fp32 for the embedded mini-world model)")
     p.add_argument("--vae-tiling", action="store_true", help="decode in overlapping spatial tiles")
     p.add_argument("--mesh", metavar="SPEC", help="shard over a device mesh, e.g. fsdp=4,seq=2 (axes data, fsdp, "
                    "seq, tensor; the product must equal the device count)")
@@ -58,8 +60,8 @@ def main(args: argparse.Namespace) -> int:
                 from wan22_jax.sharding import shard_pipeline
                 shard_pipeline(pipe, args.mesh)
         else:
-            pipe = Wan22Pipeline.from_pretrained(args.checkpoint, task=args.task, mesh=args.mesh,
-                                                 dtype=jnp.bfloat16 if args.dtype == "bf16" else jnp.float32)
+            dtype = None if args.dtype is None else (jnp.bfloat16 if args.dtype == "bf16" else jnp.float32)
+            pipe = Wan22Pipeline.from_pretrained(args.checkpoint, task=args.task, mesh=args.mesh, dtype=dtype)
         if args.vae_tiling:
             pipe.enable_vae_tiling()
         width = height = None

@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from wan22_jax import conditioning as cond
-from wan22_jax.configs import TaskConfig, get_task, task_for_model_type
+from wan22_jax.configs import TASK_FILE, TaskConfig, get_task, load_task_file, task_for_model_type
 from wan22_jax.errors import InputError
 from wan22_jax.models.dit import DiTConfig
 from wan22_jax.samplers import ClassifierFreeGuidance, expert_switch, get_sampler, official_schedule
@@ -51,6 +51,7 @@ class DenoisePlan:
     attn_impl: str
     return_trajectory: bool
     check_finite: bool
+    step_cache: Any = None  # a models.step_cache.StepCache, or None
 
 
 def _model_time(t, plan: DenoisePlan, batch: int):
@@ -70,11 +71,22 @@ def _denoise(graphdef, plan: DenoisePlan, states, x_T, context, context_null, y,
     tables: the sampler's per-step arrays (host-computed from the schedule).
     """
     b = x_T.shape[0]
+    cache = plan.step_cache
 
-    def expert(state):
+    def expert(state, slot=0):
         model = nnx.merge(graphdef, state)
         # K/V of the text for every layer, once per generation (cond and uncond stacked on the batch axis)
         kv = model.encode_context(jnp.concatenate([context, context_null]))
+
+        def cached_velocity(x, t, i, caches):
+            # both CFG branches in one batch, so one skip decision covers them; each expert has its own slot
+            tt = _model_time(t, plan, b)
+            xm = x.astype(jnp.float32)
+            out, c = cache.forward(model, caches[slot], jnp.concatenate([xm, xm]), jnp.concatenate([tt, tt]),
+                                   context_kv=kv, y=None if y is None else jnp.concatenate([y, y]),
+                                   attn_impl=plan.attn_impl)
+            caches = tuple(c if k == slot else old for k, old in enumerate(caches))
+            return (out[:b], out[b:]), caches
 
         def velocity(x, t, i):
             tt = _model_time(t, plan, b)
@@ -88,13 +100,21 @@ def _denoise(graphdef, plan: DenoisePlan, states, x_T, context, context_null, y,
             return (model(xm, tt, context_kv=kv_c, y=y, attn_impl=plan.attn_impl),
                     model(xm, tt, context_kv=kv_u, y=y, attn_impl=plan.attn_impl))
 
-        return velocity
+        return cached_velocity if cache is not None else velocity
 
     if plan.two_experts:
-        velocity_fn = expert_switch(expert(states[0]), expert(states[1]), boundary=plan.boundary,
+        velocity_fn = expert_switch(expert(states[0], 0), expert(states[1], 1), boundary=plan.boundary,
                                     num_train_timesteps=plan.num_train_timesteps)
     else:
         velocity_fn = expert(states[0])
+    model_state = None
+    if cache is not None:
+        model0 = nnx.merge(graphdef, states[0])
+        x2 = jnp.concatenate([x_T, x_T]).astype(jnp.float32)
+        t2 = _model_time(jnp.float32(0), plan, 2 * b)
+        empty = cache.init(model0, x2, t2, context_kv=model0.encode_context(jnp.concatenate([context, context_null])),
+                           y=None if y is None else jnp.concatenate([y, y]))
+        model_state = (empty,) * len(states)
 
     post_step = None
     if plan.reinject_first_frame:
@@ -104,7 +124,7 @@ def _denoise(graphdef, plan: DenoisePlan, states, x_T, context, context_null, y,
         x_T = post_step(x_T)
     return run_scan(plan.sampler, velocity_fn, x_T, tables, guidance=plan.guidance, key=key,
                     return_trajectory=plan.return_trajectory, post_step=post_step,
-                    check_finite=plan.check_finite)
+                    check_finite=plan.check_finite, model_state=model_state)
 
 
 class Wan22Pipeline:
@@ -136,16 +156,19 @@ class Wan22Pipeline:
     # ------------------------------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, *, task: str | None = None,
-                        dtype: Any = jnp.bfloat16, t5_dtype: Any = jnp.bfloat16, mesh=None,
+                        dtype: Any = None, t5_dtype: Any = None, mesh=None,
                         attn_impl: str = "xla") -> "Wan22Pipeline":
         """Loads an official release folder (by its file names), a Diffusers-layout DiT folder plus VAE/T5
         files, or our converted folder (`wan22 convert`).
 
         Args:
           path: the folder; None loads the embedded default model (see `default_checkpoint`).
-          task: "t2v-A14B", "i2v-A14B" or "ti2v-5B"; by default inferred from the DiT's model_type and experts.
-          dtype: DiT compute/param dtype (bf16 as the official --convert_model_dtype runs; fp32 for parity).
-          t5_dtype: text encoder dtype (official: bf16). The VAE always runs in fp32 (official autocast fp32).
+          task: "t2v-A14B", "i2v-A14B" or "ti2v-5B"; by default the folder's task.json if it has one, else
+            inferred from the DiT's model_type and experts.
+          dtype: DiT compute/param dtype; None: the task's (bf16 for releases, as the official
+            --convert_model_dtype runs; fp32 for parity or the mini-world model).
+          t5_dtype: text encoder dtype; None: as `dtype` (official: bf16). The VAE always runs in fp32
+            (official autocast fp32).
           mesh: a jax.sharding.Mesh or a spec such as "fsdp=4,seq=2" (`wan22_jax.sharding`): the DiT experts load
             straight onto their shards and denoising runs sharded; None: one device.
         """
@@ -163,10 +186,22 @@ class Wan22Pipeline:
             raise InputError(f"{path}: found {names} but an A14B checkpoint needs both {EXPERTS}")
         folders = {e: path / e for e in names} or {"model": path}
         mesh = None if mesh is None else make_mesh(mesh)
+        own_task = load_task_file(path / TASK_FILE) if (path / TASK_FILE).is_file() else None
+        if dtype is None:
+            dtype = jnp.float32 if own_task is not None and own_task.dtype == "float32" else jnp.bfloat16
+        t5_dtype = dtype if t5_dtype is None else t5_dtype
         models = {name: load_dit(folder, dtype=dtype, param_dtype=dtype, mesh=mesh)
                   for name, folder in folders.items()}
         dit_cfg = next(iter(models.values())).cfg
-        task_cfg = get_task(task) if task else task_for_model_type(dit_cfg.model_type, len(models) == 2)
+        if task:
+            task_cfg = get_task(task)
+        elif own_task is not None:
+            task_cfg = own_task
+            if task_cfg.two_experts != (len(models) == 2):
+                raise InputError(f"{path / TASK_FILE}: two_experts={task_cfg.two_experts} but the folder has "
+                                 f"{len(models)} DiT(s)")
+        else:
+            task_cfg = task_for_model_type(dit_cfg.model_type, len(models) == 2)
         experts = {name: nnx.split(m) for name, m in models.items()}
         vae_model = load_vae(path, version=task_cfg.vae_version, dtype=jnp.float32)
         text_encoder = _load_text_encoder(path, dit_cfg.text_len, t5_dtype, attn_impl)
@@ -238,7 +273,7 @@ class Wan22Pipeline:
                  solver: str = "unipc", shift: float | None = None, eta: float = 0.0, seed: int = 0,
                  latents=None, prompt_embeds=None, negative_prompt_embeds=None, max_area: int | None = None,
                  batch_cfg: bool = True, attn_impl: str = "xla", output_type: str = "video",
-                 return_trajectory: bool = False, progress: bool = True) -> PipelineOutput:
+                 return_trajectory: bool = False, progress: bool = True, step_cache=None) -> PipelineOutput:
         """Generates one video per prompt.
 
         Args:
@@ -255,6 +290,8 @@ class Wan22Pipeline:
           prompt_embeds / negative_prompt_embeds: [B, L, text_dim] text-encoder outputs (trimmed or zero-padded)
             instead of prompts.
           output_type: "video" decodes; "latent" stops after denoising.
+          step_cache: a `wan22_jax.models.step_cache.StepCache` to skip the DiT blocks at steps whose input
+            barely changed (an approximation: measure its cost); the count lands in `skipped_steps`.
         Returns:
           PipelineOutput(videos=[Video], latents=[B, z, F', h, w], trajectory=None | {"samples", "velocities"}).
         """
@@ -274,6 +311,8 @@ class Wan22Pipeline:
             raise InputError(f"task {task.name} is text-to-video: it takes no image")
         if image is None and task.mode == "i2v":
             raise InputError(f"task {task.name} needs an image")
+        if step_cache is not None and not batch_cfg:
+            raise InputError("step_cache needs batch_cfg=True (one skip decision for both CFG branches)")
         if output_type not in ("video", "latent"):
             raise InputError(f"output_type {output_type!r}: use 'video' or 'latent'")
         num_frames = task.frame_num if num_frames is None else num_frames
@@ -332,7 +371,7 @@ class Wan22Pipeline:
             two_experts=task.two_experts, boundary=task.boundary, num_train_timesteps=task.num_train_timesteps,
             frame_mask=None if frame_mask is None else tuple(float(v) for v in frame_mask),
             reinject_first_frame=first_latent is not None, batch_cfg=batch_cfg, attn_impl=attn_impl,
-            return_trajectory=return_trajectory, check_finite=True)
+            return_trajectory=return_trajectory, check_finite=True, step_cache=step_cache)
         states = tuple(self.experts[n][1] for n in (EXPERTS if task.two_experts else ("model",)))
         graphdef = next(iter(self.experts.values()))[0]
         tables = {k: np.asarray(v) for k, v in sampler.tables(schedule).items()}
@@ -348,9 +387,11 @@ class Wan22Pipeline:
         if bad >= 0:
             raise FloatingPointError(f"NaN or Inf in the latents at denoising step {bad} (of {steps}); check the "
                                      "weights' dtype and the inputs")
+        caches = aux.pop("model_state", None)
         trajectory = {k: np.asarray(v) for k, v in aux.items()} if return_trajectory else None
         extra = dict(latents=np.asarray(final), trajectory=trajectory, timesteps=schedule.timesteps,
-                     cond_latent=None if cond_latent is None else np.asarray(cond_latent))
+                     cond_latent=None if cond_latent is None else np.asarray(cond_latent),
+                     skipped_steps=None if caches is None else sum(int(c["skipped"]) for c in caches))
         if output_type == "latent":
             return PipelineOutput(videos=[], **extra)
         video = np.asarray(self.vae_decode(final))
@@ -399,9 +440,10 @@ class _progress:
 
 
 def default_checkpoint() -> Path:
-    """The embedded default model shipped with the package (not trained yet: see the README status table)."""
+    """The embedded default model: the mini-world model shipped in the package (wan22_jax/assets/mini_world/,
+    built by experiments/mini_world/build_default.py), laid out like an official release folder."""
     path = Path(__file__).parent / "assets" / "mini_world"
     if not path.is_dir():
-        raise InputError("no checkpoint given and the embedded default model is not available yet; pass a "
-                         "checkpoint folder, or use `wan22 generate --preset tiny-random`")
+        raise InputError(f"no checkpoint given and the embedded default model is missing ({path}); reinstall the "
+                         "package, rebuild it with experiments/mini_world/build_default.py, or pass a checkpoint")
     return path

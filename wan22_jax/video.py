@@ -74,6 +74,7 @@ class PipelineOutput:
     latents: [B, z, F', h, w] final latents. timesteps: [N] model timesteps of the schedule.
     trajectory: with return_trajectory, {"samples": [N + 1, B, ...], "velocities": [N, B, ...]} (guided).
     cond_latent: the VAE latent of the conditioning image, if any.
+    skipped_steps: with a step cache, how many model evaluations skipped the blocks.
     """
 
     videos: list[Video]
@@ -82,3 +83,4 @@ class PipelineOutput:
     timesteps: np.ndarray | None = None
     trajectory: dict | None = None
     cond_latent: np.ndarray | None = None
+    skipped_steps: int | None = None  # model evaluations the step cache skipped (all experts), if one was used

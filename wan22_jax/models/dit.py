@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -268,6 +268,19 @@ def _sequential(**layers):
 
 
 # ------------------------------------------------------------------------------------------------ model
+class BlockInputs(NamedTuple):
+    """What `WanModel.prepare` hands to the blocks and the head."""
+    tokens: jax.Array  # [B, L, D] fp32 patch embedding (padded per frame when sharded)
+    e: jax.Array  # [B, G, D] time embedding (head modulation)
+    e0: jax.Array  # [B, G, 6, D] time projection (block modulation)
+    cos: jax.Array
+    sin: jax.Array
+    context_kv: tuple  # (k, v), each [layers, B, text_len, N, d]
+    kv_mask: Any  # [B, L] bool or None
+    grid: tuple  # (F', H', W') patches
+    per_frame: int  # unpadded tokens per frame
+
+
 class WanModel(nnx.Module):
     """The Wan2.2 DiT. Call with channels-first latents, like the official model.
 
@@ -356,6 +369,20 @@ class WanModel(nnx.Module):
     # -------------------------------------------------------------------------------- forward
     def __call__(self, x, t, context=None, *, y=None, context_kv=None, kv_mask=None, attn_impl: str = "xla",
                  return_intermediates: bool = False, remat: bool = False):
+        inp = self.prepare(x, t, context, y=y, context_kv=context_kv, kv_mask=kv_mask)
+        h, per_block = self.run_blocks(inp, inp.tokens, attn_impl=attn_impl, remat=remat,
+                                       return_intermediates=return_intermediates)
+        out = self.finish(inp, h)
+        if not return_intermediates:
+            return out
+        # named intermediates, for analysis and for bisecting a parity failure layer by layer (token axis as
+        # computed, i.e. including any per-frame padding added for sharding)
+        return out, {"patch_embedding": inp.tokens, "blocks": per_block, "time_embedding": inp.e,
+                     "time_projection": inp.e0}
+
+    # The forward in three pieces, so that step caching (models/step_cache.py) can skip the blocks alone.
+    def prepare(self, x, t, context=None, *, y=None, context_kv=None, kv_mask=None) -> "BlockInputs":
+        """Everything the blocks read: patch tokens, time embeddings, RoPE tables, text K/V, key mask."""
         cfg = self.cfg
         if y is not None:
             x = jnp.concatenate([x, y.astype(x.dtype)], axis=1)
@@ -384,24 +411,34 @@ class WanModel(nnx.Module):
             h, cos, sin, kv_mask = pad(h), pad(cos, axis=0), pad(sin, axis=0), pad(mask)
             if e0.shape[1] > grid[0]:  # per-token timesteps
                 e, e0 = pad(e), pad(e0)
+        h = shard(h.astype(jnp.float32), ("batch", "tokens", "embed"))
+        return BlockInputs(h, e, e0, cos, sin, tuple(context_kv), kv_mask, grid, per_frame)
 
+    def run_blocks(self, inp: "BlockInputs", h, *, attn_impl: str = "xla", remat: bool = False,
+                   return_intermediates: bool = False):
+        """h [B, L, D] -> (h after every block, per-block outputs [layers, B, L, D] or None)."""
         graphdef, state = nnx.split(self.blocks)
 
         def body(carry, layer):
             i, layer_state, k, v = layer
             block = nnx.merge(graphdef, layer_state)
-            out = shard(block(carry, e0, cos, sin, (k, v), kv_mask, attn_impl, first=i == 0),
+            out = shard(block(carry, inp.e0, inp.cos, inp.sin, (k, v), inp.kv_mask, attn_impl, first=i == 0),
                         ("batch", "tokens", "embed"))
             return out, (out if return_intermediates else None)
 
         if remat:  # training: keep only each block's input, recompute its activations in the backward pass
             body = jax.checkpoint(body)
-        layer_ids = jnp.arange(cfg.num_layers)
-        h0 = h = shard(h.astype(jnp.float32), ("batch", "tokens", "embed"))
-        h, per_block = jax.lax.scan(body, h, (layer_ids, state, *context_kv))
-        out = self.unpatchify(unpad_frames(self.head(h, e), grid[0], per_frame), grid).astype(jnp.float32)
-        if not return_intermediates:
-            return out
-        # named intermediates, for analysis and for bisecting a parity failure layer by layer (token axis as
-        # computed, i.e. including any per-frame padding added for sharding)
-        return out, {"patch_embedding": h0, "blocks": per_block, "time_embedding": e, "time_projection": e0}
+        layer_ids = jnp.arange(self.cfg.num_layers)
+        return jax.lax.scan(body, h, (layer_ids, state, *inp.context_kv))
+
+    def finish(self, inp: "BlockInputs", h):
+        """Head and unpatchify: [B, L, D] -> [B, out_dim, F, H, W] fp32."""
+        grid = inp.grid
+        return self.unpatchify(unpad_frames(self.head(h, inp.e), grid[0], inp.per_frame), grid).astype(jnp.float32)
+
+    def modulated_input(self, inp: "BlockInputs"):
+        """Block 0's time-modulated self-attention input, LN(h)(1 + scale1) + shift1 [B, L, D]: the cheap signal
+        step caching watches (how much the blocks' input changed since the last step)."""
+        e = self.blocks.modulation[...][0].astype(jnp.float32)[None] + inp.e0  # [B, G, 6, D]
+        g = e.shape[1]
+        return _ungroup(_group(self.blocks.norm1(inp.tokens), g) * (1 + e[:, :, 1, None, :]) + e[:, :, 0, None, :])

@@ -81,7 +81,7 @@ def expert_switch(high_noise_fn: VelocityFn, low_noise_fn: VelocityFn, *, bounda
     """
     threshold = boundary * num_train_timesteps
 
-    def select(x, t, i):
-        return jax.lax.cond(at_or_above(t, threshold), high_noise_fn, low_noise_fn, x, t, i)
+    def select(x, t, i, *state):  # a threaded model state (step caches) passes through to both
+        return jax.lax.cond(at_or_above(t, threshold), high_noise_fn, low_noise_fn, x, t, i, *state)
 
     return select

@@ -90,6 +90,7 @@ def run_scan(
     return_trajectory: bool = False,
     post_step: Callable[[Array], Array] | None = None,
     check_finite: bool = False,
+    model_state=None,
 ) -> tuple[Array, dict]:
     """The loop itself, traceable inside a caller's jit (model weights stay arguments of that jit).
 
@@ -98,6 +99,8 @@ def run_scan(
         post_step: optional pure `x -> x` applied to the sample after every step, before the next one (e.g. the
             ti2v first-frame re-injection); trajectories record the sample before it.
         check_finite: track the first step whose sample holds a NaN or Inf.
+        model_state: a pytree the velocity function threads from evaluation to evaluation (a step cache):
+            then `velocity_fn(x, t, i, state) -> (prediction, state)`; the final state is aux["model_state"].
         Other arguments as `sample`.
 
     Returns:
@@ -110,25 +113,30 @@ def run_scan(
     xs["index"] = jnp.arange(steps, dtype=jnp.int32)
 
     def body(carry, row):
-        state, bad = carry
+        state, bad, mstate = carry
         i = row["index"]
+        box = [mstate]  # the sampler may evaluate several times per step: thread the state through each
 
         def velocity(x, t):
-            pred = velocity_fn(x, t, i)
+            if model_state is None:
+                pred = velocity_fn(x, t, i)
+            else:
+                pred, box[0] = velocity_fn(x, t, i, box[0])
             return pred if guidance is None else guidance(pred, t)
 
         step_key = None if key is None else jax.random.fold_in(key, i)
         state, v = sampler.step(state, row, velocity, step_key)
+        mstate = box[0]
         x_step = state.x
         if post_step is not None:
             state = state._replace(x=post_step(state.x))
         if check_finite:
             bad = jnp.where((bad < 0) & ~jnp.all(jnp.isfinite(x_step)), i, bad)
         jax.debug.callback(_tick, i)
-        return (state, bad), ((x_step, v) if return_trajectory else None)
+        return (state, bad, mstate), ((x_step, v) if return_trajectory else None)
 
-    (state, bad), ys = jax.lax.scan(body, (sampler.init(x_T), jnp.int32(-1)), xs)
-    aux = {}
+    (state, bad, mstate), ys = jax.lax.scan(body, (sampler.init(x_T), jnp.int32(-1), model_state), xs)
+    aux = {} if model_state is None else {"model_state": mstate}
     if return_trajectory:
         samples, velocities = ys
         aux = {"samples": jnp.concatenate([x_T[None], samples]), "velocities": velocities}

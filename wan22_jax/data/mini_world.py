@@ -23,7 +23,12 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 235), "yellow": (240, 215, 40)}
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "black": (15, 15, 15), "white": (240, 240, 240), "gray": (128, 128, 128)}
-SHAPES = ("circle", "square", "triangle")
+# Shapes that differ in silhouette at the scale of a latent cell (round, wide, tall; all of about the same
+# area). An earlier world used circle / square / triangle, which differ only in their corners: a small Wan VAE
+# trained for 20 minutes on a 2-core CPU decoded all three as one blob (experiments/mini_world/README.md).
+SHAPES = ("circle", "bar", "pillar")
+# half-extents (rows, cols) of each shape in units of its size r
+EXTENTS: dict[str, tuple[float, float]] = {"circle": (1.0, 1.0), "bar": (0.5, 1.6), "pillar": (1.6, 0.5)}
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 
 
@@ -82,21 +87,16 @@ class Clip:
 
 
 def _mask(shape: str, h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
-    """[h, w] float coverage of the shape, from 2x2 supersampling (soft edges are easier to autoencode)."""
+    """[h, w] float coverage of the shape (size r), from 2x2 supersampling (soft edges are easier to autoencode)."""
     offs = (np.arange(2) + 0.5) / 2 - 0.5
     ys = (np.arange(h)[:, None] + offs[None]).reshape(-1)[:, None] + 0.5  # [2h, 1]
     xs = (np.arange(w)[:, None] + offs[None]).reshape(-1)[None, :] + 0.5  # [1, 2w]
     dy, dx = ys - cy, xs - cx
     if shape == "circle":
         m = dy * dy + dx * dx <= r * r
-    elif shape == "square":
-        a = r * 0.886  # same area as the circle
-        m = (np.abs(dy) <= a) & (np.abs(dx) <= a)
-    elif shape == "triangle":
-        a = r * 1.35  # apex up, base down; area about that of the circle
-        top, bottom = -a, a * 0.75
-        half = (dy - top) / (bottom - top) * a * 1.15
-        m = (dy >= top) & (dy <= bottom) & (np.abs(dx) <= half)
+    elif shape in EXTENTS:
+        ey, ex = EXTENTS[shape]
+        m = (np.abs(dy) <= ey * r) & (np.abs(dx) <= ex * r)
     else:
         raise InputError(f"unknown shape {shape!r}; valid: {SHAPES}")
     return m.reshape(h, 2, w, 2).mean(axis=(1, 3))
@@ -105,13 +105,14 @@ def _mask(shape: str, h: int, w: int, cy: float, cx: float, r: float) -> np.ndar
 def render(scene: Scene, *, height: int, width: int, frames: int, rng: np.random.Generator) -> Clip:
     """Draws one clip of `scene`; start, size and speed come from `rng`."""
     side = min(height, width)
-    r = side * rng.uniform(0.15, 0.19)
-    travel = side * rng.uniform(0.35, 0.45)  # centre displacement from first to last frame
+    r = side * rng.uniform(0.12, 0.15)
+    travel = side * rng.uniform(0.3, 0.35)  # centre displacement from first to last frame
     dy, dx = DIRECTIONS[scene.direction]
-    margin = r * 1.4
+    ey, ex = EXTENTS[scene.shape]
+    margin_y, margin_x = ey * r + 1, ex * r + 1
     # start so that the whole path stays inside the frame
-    lo_y, hi_y = margin + max(0, -dy) * travel, height - margin - max(0, dy) * travel
-    lo_x, hi_x = margin + max(0, -dx) * travel, width - margin - max(0, dx) * travel
+    lo_y, hi_y = margin_y + max(0, -dy) * travel, height - margin_y - max(0, dy) * travel
+    lo_x, hi_x = margin_x + max(0, -dx) * travel, width - margin_x - max(0, dx) * travel
     y0, x0 = rng.uniform(lo_y, max(lo_y, hi_y)), rng.uniform(lo_x, max(lo_x, hi_x))
     steps = np.linspace(0.0, 1.0, frames) if frames > 1 else np.zeros(1)
     centres = np.stack([y0 + dy * travel * steps, x0 + dx * travel * steps], axis=1)

@@ -68,9 +68,10 @@ class LatentData:
         self.latents = np.concatenate(lat)  # [N, z, F, h, w]
         self.prompts = prompts
         # every prompt of the world encoded once: the text encoder is frozen
-        corpus = sorted(set(prompt_corpus()))
+        corpus = sorted(set(prompt_corpus()) | {""})
         ctx = np.asarray(encode_text(corpus), np.float32)
         self._context = {p: ctx[i] for i, p in enumerate(corpus)}
+        self.null_context = self._context[""]  # [L, D]: the empty prompt, the null condition of CFG
 
     def __len__(self) -> int:
         return len(self.latents)
@@ -79,9 +80,11 @@ class LatentData:
         return np.stack([self._context[p] for p in prompts])
 
     def batch(self, position: int, size: int, accum: int = 1) -> dict[str, jax.Array]:
-        """Samples position .. position + accum*size - 1 as {"latents": [A, B, ...], "context": [A, B, L, D]}."""
+        """Samples position .. position + accum*size - 1 as {"latents": [A, B, ...], "context": [A, B, L, D],
+        "null_context": [A, B, L, D]}."""
         idx = (position + np.arange(accum * size)) % len(self)
         lat = self.latents[idx]
         ctx = self.context([self.prompts[i] for i in idx])
         return {"latents": jnp.asarray(lat.reshape(accum, size, *lat.shape[1:])),
-                "context": jnp.asarray(ctx.reshape(accum, size, *ctx.shape[1:]))}
+                "context": jnp.asarray(ctx.reshape(accum, size, *ctx.shape[1:])),
+                "null_context": jnp.asarray(np.broadcast_to(self.null_context, (accum, size, *ctx.shape[1:])))}

@@ -1,7 +1,8 @@
 """Writing trained components in the layouts the loaders read, so a trained model goes through the same
 `Wan22Pipeline.from_pretrained` path as a release:
 
-* DiT: our Orbax format (`save_dit`: `wan22.json` + `params/`), read by `load_dit`;
+* DiT: our Orbax format (`save_dit`: `wan22.json` + `params/`), or the official `config.json` +
+  `diffusion_pytorch_model.safetensors` (`export_dit`), both read by `load_dit`;
 * VAE: the official `Wan2.2_VAE.pth` / `Wan2.1_VAE.pth` state dict + `vae_config.json`, read by `load_vae`;
 * umT5: an official-layout `models_t5_umt5-xxl-enc-bf16.pth` + `t5_config.json`, read by `load_t5`;
 * tokenizer: `google/umt5-xxl/` (transformers files), read by `Tokenizer`.
@@ -96,3 +97,18 @@ def export_tokenizer(folder: str | os.PathLike, tokenizer_dir: str | os.PathLike
         shutil.rmtree(dst)
     shutil.copytree(tokenizer_dir, dst)
     return dst
+
+
+def export_dit(folder: str | os.PathLike, flat: Mapping[str, Any], cfg) -> Path:
+    """The official single-file DiT layout: `config.json` (WanModel's fields) + the safetensors state dict."""
+    from safetensors.numpy import save_file
+
+    from wan22_jax.convert.dit import dit_table
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {k: np.ascontiguousarray(v) for k, v in to_source_layout(dit_table(cfg), flat).items()}
+    tmp = folder / "diffusion_pytorch_model.safetensors.tmp"
+    save_file(arrays, str(tmp))
+    os.replace(tmp, folder / "diffusion_pytorch_model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"_class_name": "WanModel", **config_to_dict(cfg)}, indent=1))
+    return folder

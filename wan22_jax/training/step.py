@@ -72,7 +72,10 @@ def batch_loss(graphdef, params, frozen, batch, key, cfg: TrainConfig, params_fn
         context = batch["context"]
         if cfg.text_dropout > 0 and sigma is None:
             drop = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 7)) < cfg.text_dropout)(keys)
-            context = jnp.where(drop[:, None, None], 0.0, context)
+            # the null condition: the empty prompt's context when the data gives it (what a pipeline encodes
+            # for negative_prompt=""), else all zeros
+            null = batch.get("null_context", jnp.zeros_like(context))
+            context = jnp.where(drop[:, None, None], null, context)
         return flow_matching_loss(velocity, batch["latents"], context, keys, cfg, sigma)
     return run(params)
 
@@ -80,7 +83,8 @@ def batch_loss(graphdef, params, frozen, batch, key, cfg: TrainConfig, params_fn
 def make_train_step(graphdef, cfg: TrainConfig, params_fn: ParamsFn = full_params):
     """Returns the jitted `train_step(state, batch, frozen=None) -> (state, metrics)`.
 
-    batch: {"latents": [A, B, z, F, h, w], "context": [A, B, L, D]} with A = cfg.grad_accum micro-batches.
+    batch: {"latents": [A, B, z, F, h, w], "context": [A, B, L, D], optional "null_context" [A, B, L, D] (what
+      text dropout swaps in; zeros without it)} with A = cfg.grad_accum micro-batches.
     metrics: {"loss": mean squared error over the step's samples, "grad_norm", "lr"}.
     The state's buffers are donated: do not reuse the state passed in.
     """

@@ -107,6 +107,7 @@ def plot(rows, path: Path, task) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     defaults = {"shift": task.sample_shift, "guidance": task.guide_scale[0], "steps": task.sample_steps,
                 "boundary": None}
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
@@ -119,6 +120,8 @@ def plot(rows, path: Path, task) -> None:
             ax.axvline(defaults[what], color="gray", lw=0.8, ls=":")
         if what in ("shift", "steps"):
             ax.set_xscale("log")
+            ax.set_xticks(xs, [f"{v:g}" for v in xs])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(what if what != "boundary" else f"expert boundary (experts split at {EXPERT_SPLIT})")
         ax.set_ylim(0, 1.02)
     axes[0].set_ylabel("held-out accuracy")

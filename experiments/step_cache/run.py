@@ -74,11 +74,15 @@ def plot(rows, path: Path, steps: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
-    share = [r["skipped_share"] for r in rows]
-    ax.plot(share, [r["psnr_db"] for r in rows], "o-")
+    # thresholds that skip nothing (infinite PSNR) or skip exactly what a lower one did are not new points
+    rows = [r for r in rows if float(r["skipped_share"]) > 0]
+    rows = [r for i, r in enumerate(rows) if i == 0 or r["skipped_share"] != rows[i - 1]["skipped_share"]]
+    share = [float(r["skipped_share"]) for r in rows]
+    ax.plot(share, [float(r["psnr_db"]) for r in rows], "o-")
     for r in rows:
-        ax.annotate(f"thr {r['threshold']}, acc {r['acc_all']:.2f}", (r["skipped_share"], r["psnr_db"]),
-                    fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(f"threshold {r['threshold']}, accuracy {float(r['acc_all']):.2f}",
+                    (float(r["skipped_share"]), float(r["psnr_db"])), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
     ax.set_xlabel(f"share of the {steps} steps whose blocks were skipped")
     ax.set_ylabel("PSNR vs uncached (dB)")
     ax.set_title("step caching on the mini-world model")

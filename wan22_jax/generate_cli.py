@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from wan22_jax.bench.timing import peak_bytes
 from wan22_jax.configs import TASKS

@@ -112,7 +112,8 @@ def _denoise(graphdef, plan: DenoisePlan, states, x_T, context, context_null, y,
         model0 = nnx.merge(graphdef, states[0])
         x2 = jnp.concatenate([x_T, x_T]).astype(jnp.float32)
         t2 = _model_time(jnp.float32(0), plan, 2 * b)
-        empty = cache.init(model0, x2, t2, context_kv=model0.encode_context(jnp.concatenate([context, context_null])),
+        # shapes only: init traces prepare (text K/V included) under eval_shape, nothing runs twice
+        empty = cache.init(model0, x2, t2, context=jnp.concatenate([context, context_null]),
                            y=None if y is None else jnp.concatenate([y, y]))
         model_state = (empty,) * len(states)
 

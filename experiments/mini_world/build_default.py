@@ -20,7 +20,6 @@ import argparse
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -65,10 +64,8 @@ def stage_dit(run: Path) -> Path:
     from wan22_jax.training.loop import train
     cfg = dit_config(run)
     if not (run / "dit" / "dit" / "wan22.json").is_file():
-        t0 = time.perf_counter()
         out = train(cfg)
         print(f"DiT: {out['step']} steps, {out['seconds']:.0f} s, last loss {out['last_loss']:.4f}")
-        del t0
     return run / "dit" / "dit"
 
 

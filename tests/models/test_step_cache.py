@@ -3,7 +3,6 @@ last residual (so an unchanged input gives the computed output back)."""
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

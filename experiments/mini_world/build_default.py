@@ -8,7 +8,8 @@ release-layout folder the pipeline loads.
 * dit: `wan22 train dit_latent.json` on the VAE's latents (resumes from its checkpoints if killed);
 * assemble: the folder `Wan22Pipeline.from_pretrained()` reads, laid out like an official release:
   `config.json` + `diffusion_pytorch_model.safetensors` (DiT, EMA weights), `Wan2.2_VAE.pth`,
-  `models_t5_umt5-xxl-enc-bf16.pth` + `t5_config.json` (the frozen random umT5 the DiT was trained with),
+  `models_t5_umt5-xxl-enc-bf16.pth` + `t5_config.json` (the umT5 trained with the DiT, or the frozen random
+  one it was trained with),
   `google/umt5-xxl/` (the sentencepiece tokenizer trained on the world's prompts) and `task.json`.
 
 Every stage skips what already exists, so re-running after a kill continues.
@@ -77,7 +78,7 @@ def stage_assemble(run: Path, out: Path) -> Path:
     from wan22_jax.convert.mapping import flat_state
     from wan22_jax.models.t5 import T5Config, random_t5
     from wan22_jax.training.export import export_dit, export_t5, export_tokenizer
-    from wan22_jax.training.loop import TextConfig
+    from wan22_jax.training.text import TextConfig
     from wan22_jax.training.mini_world_model import MINI_WORLD_TASK
     from flax import nnx
 
@@ -91,9 +92,13 @@ def stage_assemble(run: Path, out: Path) -> Path:
     for f in (run / "vae_export").iterdir():  # Wan2.x_VAE.pth + vae_config.json
         shutil.copy(f, tmp / f.name)
     text = config_from_dict(TextConfig, cfg["text"], source="text")
-    t5_cfg = config_from_dict(T5Config, text.t5, source="text.t5")
-    t5 = random_t5(t5_cfg, dtype=jnp.float32, param_dtype=jnp.float32, seed=text.seed)
-    export_t5(tmp, flat_state(nnx.state(t5)), t5_cfg)
+    if text.train:  # the encoder trained with the DiT (written by the training run in the release layout)
+        for f in (run / "dit" / "t5").iterdir():
+            shutil.copy(f, tmp / f.name)
+    else:
+        t5_cfg = config_from_dict(T5Config, text.t5, source="text.t5")
+        t5 = random_t5(t5_cfg, dtype=jnp.float32, param_dtype=jnp.float32, seed=text.seed)
+        export_t5(tmp, flat_state(nnx.state(t5)), t5_cfg)
     export_tokenizer(tmp, run / "dit" / "tokenizer")
     assert MINI_WORLD_TASK.text_len == dit.cfg.text_len
     (tmp / "task.json").write_text(json.dumps(config_to_dict(MINI_WORLD_TASK), indent=1, ensure_ascii=False))

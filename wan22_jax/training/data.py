@@ -1,5 +1,6 @@
 """Mini-world batches for the DiT: clips -> latents (frozen VAE, or average-pooled pixels) and prompts ->
-context (frozen umT5), precomputed once, then served by data position.
+context (frozen umT5) or token ids (an encoder trained with the DiT), precomputed once, then served by data
+position.
 
 `clips` clips are encoded once; sample `p` of the stream is clip `p % clips`, so a batch depends only on the
 data position stored in the training state, which is what makes a resumed run see the same batches.
@@ -47,13 +48,16 @@ class LatentData:
     Args:
       world_cfg: the clips.
       encode_video: [B, 3, T, H, W] -> [B, z, F, h, w] normalised latents, or None for `pixel_latents`.
-      encode_text: list of prompts -> [B, text_len, D] context.
+      encode_text: list of prompts -> [B, text_len, D] context (a frozen encoder); or
+      tokenize: list of prompts -> (ids, mask) [B, text_len] (an encoder that trains: batches carry tokens).
       split, seed_offset: which stream (the held-out evaluation batch uses split="held_out").
       chunk: clips per encoder call.
     """
 
-    def __init__(self, world_cfg: WorldConfig, encode_video, encode_text, *, split: str = "train",
-                 seed_offset: int = 0, chunk: int = 8, clips: int | None = None):
+    def __init__(self, world_cfg: WorldConfig, encode_video, encode_text=None, *, tokenize=None,
+                 split: str = "train", seed_offset: int = 0, chunk: int = 8, clips: int | None = None):
+        if (encode_text is None) == (tokenize is None):
+            raise ConfigError("LatentData needs exactly one of encode_text (frozen encoder) and tokenize")
         world = world_cfg.world(split, seed_offset)
         n = world_cfg.clips if clips is None else clips
         if n < 1:
@@ -67,24 +71,33 @@ class LatentData:
             prompts += b["prompts"]
         self.latents = np.concatenate(lat)  # [N, z, F, h, w]
         self.prompts = prompts
-        # every prompt of the world encoded once: the text encoder is frozen
+        # every prompt of the world encoded (or tokenized) once; "" is the null condition of CFG
         corpus = sorted(set(prompt_corpus()) | {""})
-        ctx = np.asarray(encode_text(corpus), np.float32)
-        self._context = {p: ctx[i] for i, p in enumerate(corpus)}
-        self.null_context = self._context[""]  # [L, D]: the empty prompt, the null condition of CFG
+        self.tokens = tokenize is not None
+        if self.tokens:
+            ids, mask = (np.asarray(a, np.int32) for a in tokenize(corpus))
+            self._text = {"ids": {p: ids[i] for i, p in enumerate(corpus)},
+                          "mask": {p: mask[i] for i, p in enumerate(corpus)}}
+        else:
+            ctx = np.asarray(encode_text(corpus), np.float32)
+            self._text = {"context": {p: ctx[i] for i, p in enumerate(corpus)}}
 
     def __len__(self) -> int:
         return len(self.latents)
 
     def context(self, prompts) -> np.ndarray:
-        return np.stack([self._context[p] for p in prompts])
+        return np.stack([self._text["context"][p] for p in prompts])
 
     def batch(self, position: int, size: int, accum: int = 1) -> dict[str, jax.Array]:
         """Samples position .. position + accum*size - 1 as {"latents": [A, B, ...], "context": [A, B, L, D],
-        "null_context": [A, B, L, D]}."""
+        "null_context": [A, B, L, D]}, or with tokens {"latents", "ids", "mask", "null_ids", "null_mask"}
+        ([A, B, L] each)."""
         idx = (position + np.arange(accum * size)) % len(self)
         lat = self.latents[idx]
-        ctx = self.context([self.prompts[i] for i in idx])
-        return {"latents": jnp.asarray(lat.reshape(accum, size, *lat.shape[1:])),
-                "context": jnp.asarray(ctx.reshape(accum, size, *ctx.shape[1:])),
-                "null_context": jnp.asarray(np.broadcast_to(self.null_context, (accum, size, *ctx.shape[1:])))}
+        out = {"latents": jnp.asarray(lat.reshape(accum, size, *lat.shape[1:]))}
+        prompts = [self.prompts[i] for i in idx]
+        for name, table in self._text.items():
+            rows = np.stack([table[p] for p in prompts])
+            out[name] = jnp.asarray(rows.reshape(accum, size, *rows.shape[1:]))
+            out[f"null_{name}"] = jnp.asarray(np.broadcast_to(table[""], out[name].shape))
+        return out

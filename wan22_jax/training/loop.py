@@ -3,7 +3,8 @@
     {"out_dir": "runs/mini",                      # loss.csv, eval.csv, loss.png, dit/ or lora.safetensors
      "world": {"height": 64, "width": 64, "frames": 17, "clips": 512, "seed": 0},
      "vae": "path/to/folder" | null,              # a Wan VAE folder (latents), or null: pooled pixels
-     "text": {"t5": {T5Config fields}, "seed": 0, "vocab_size": 96},   # frozen random umT5 + tokenizer
+     "text": {"t5": {T5Config fields}, "seed": 0, "vocab_size": 96,    # umT5 + tokenizer (TextConfig):
+              "tokenizer": "unigram" | "word", "train": false},    #   frozen at random init, or trained
      "dit": {DiTConfig fields},
      "train": {TrainConfig fields},
      "lora": null | {"base": "dit folder", "rank": 4, "alpha": 4, "targets": [...]},
@@ -17,7 +18,6 @@ rng, data position) is restored and the run continues from there.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -34,20 +34,12 @@ from wan22_jax.training.checkpoint import TrainCheckpointer
 from wan22_jax.training.config import TrainConfig
 from wan22_jax.training.data import LatentData, WorldConfig
 from wan22_jax.training.step import full_params, init_state, make_eval_loss, make_train_step
+from wan22_jax.training.text import (TextConfig, build_text_encoder, export_trained_t5, joint_params_fn,
+                                     make_text_fn)
 
 EVAL_TIMESTEPS = (100, 500, 900)
 KEYS = {"out_dir", "world", "vae", "text", "dit", "train", "lora", "batch_size", "steps", "checkpoint_dir",
         "keep", "save_every", "eval_every", "eval_batch", "progress", "stop_after"}
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TextConfig:
-    """The frozen random umT5 (any prompt gets a distinct, fixed embedding) and its tokenizer's size."""
-
-    t5: dict = dataclasses.field(default_factory=lambda: dict(vocab_size=96, dim=32, dim_attn=32, dim_ffn=64,
-                                                              num_heads=4, num_layers=2))
-    seed: int = 0
-    vocab_size: int = 96
 
 
 def _check_keys(config: dict) -> None:
@@ -57,21 +49,6 @@ def _check_keys(config: dict) -> None:
     for k in ("out_dir", "dit", "steps", "batch_size"):
         if k not in config:
             raise ConfigError(f"training config needs {k!r}")
-
-
-def build_text_encoder(text: TextConfig, text_len: int, tokenizer_dir: Path):
-    """(TextEncoder, T5Config): a tokenizer trained on the mini-world corpus and a frozen random umT5."""
-    from wan22_jax.data.mini_world import prompt_corpus
-    from wan22_jax.models.t5 import T5Config, random_t5
-    from wan22_jax.models.tokenizer import Tokenizer
-    from wan22_jax.models.tokenizer_training import train_tokenizer
-    from wan22_jax.text_encoder import TextEncoder
-
-    t5_cfg = config_from_dict(T5Config, text.t5, source="config text.t5")
-    if not (tokenizer_dir / "spiece.model").is_file():
-        train_tokenizer(prompt_corpus() * 4, tokenizer_dir, vocab_size=text.vocab_size)
-    model = random_t5(t5_cfg, dtype=jnp.float32, param_dtype=jnp.float32, seed=text.seed)
-    return TextEncoder(model, Tokenizer(tokenizer_dir, text_len=text_len), cache_size=0), t5_cfg
 
 
 def _video_encoder(vae_path):
@@ -139,7 +116,9 @@ def plot_losses(out_dir: Path) -> Path:
 
 
 def train(config: dict[str, Any]) -> dict[str, Any]:
-    """Runs (or resumes) a training run. Returns {"state", "step", "out_dir", "seconds", "last_loss"}."""
+    """Runs (or resumes) a training run. Returns {"state", "step", "out_dir", "seconds", "last_loss"}.
+
+    Writes out_dir/dit (and out_dir/t5, the trained encoder in the release layout, when text.train)."""
     _check_keys(config)
     out_dir = Path(config["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -150,16 +129,21 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     steps, batch_size = int(config["steps"]), int(config["batch_size"])
     dtype = jnp.bfloat16 if train_cfg.dtype == "bfloat16" else jnp.float32
 
-    text_encoder, _ = build_text_encoder(text_cfg, dit_cfg.text_len, out_dir / "tokenizer")
-    encode_text = lambda prompts: text_encoder(prompts)[0]
+    lora_spec = config.get("lora")
+    if lora_spec and text_cfg.train:
+        raise ConfigError("text.train trains the encoder with the whole DiT; a LoRA run keeps both frozen")
+    text_encoder, t5_cfg, t5_model = build_text_encoder(text_cfg, dit_cfg.text_len, out_dir / "tokenizer")
+    # a trained encoder runs inside the loss on token ids; a frozen one is run once per prompt here
+    text_kw = ({"tokenize": text_encoder.tokenizer} if text_cfg.train
+               else {"encode_text": lambda prompts: text_encoder(prompts)[0]})
     encode_video = _video_encoder(config.get("vae"))
-    data = LatentData(world_cfg, encode_video, encode_text)
-    held_out = LatentData(world_cfg, encode_video, encode_text, split="held_out", seed_offset=1,
-                          clips=int(config.get("eval_batch", 8)))
+    data = LatentData(world_cfg, encode_video, **text_kw)
+    held_out = LatentData(world_cfg, encode_video, split="held_out", seed_offset=1,
+                          clips=int(config.get("eval_batch", 8)), **text_kw)
     eval_batch = held_out.batch(0, len(held_out))
     eval_batch = {k: v[0] for k, v in eval_batch.items()}
 
-    lora_spec = config.get("lora")
+    text_fn = None
     if lora_spec:
         from wan22_jax.convert.dit import load_dit
         from wan22_jax.training import lora as lora_mod
@@ -176,6 +160,10 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         model = WanModel(dit_cfg, dtype=dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(train_cfg.seed))
         graphdef, state0 = nnx.split(model)
         params, frozen, params_fn = nnx.to_pure_dict(state0), None, full_params
+        if text_cfg.train:
+            t5_graphdef, t5_state = nnx.split(t5_model)
+            params = {"dit": params, "t5": nnx.to_pure_dict(t5_state)}
+            params_fn, text_fn = joint_params_fn, make_text_fn(t5_graphdef)
 
     state = init_state(params, train_cfg)
     ckpt = TrainCheckpointer(config.get("checkpoint_dir", out_dir / "ckpt"), keep=int(config.get("keep", 3)))
@@ -183,8 +171,8 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     if ckpt.latest_step() is not None:
         state, _ = ckpt.restore(state)
         start = int(state["step"])
-    train_step = make_train_step(graphdef, train_cfg, params_fn)
-    eval_loss = make_eval_loss(graphdef, train_cfg, params_fn)
+    train_step = make_train_step(graphdef, train_cfg, params_fn, text_fn)
+    eval_loss = make_eval_loss(graphdef, train_cfg, params_fn, text_fn)
     log = _CsvLog(out_dir / "loss.csv", ["step", "loss", "grad_norm", "lr", "seconds"], start)
     eval_log = _CsvLog(out_dir / "eval.csv", ["step"] + [f"t{t}" for t in EVAL_TIMESTEPS], start)
     save_every, eval_every = int(config.get("save_every", 100)), int(config.get("eval_every", 100))
@@ -221,16 +209,19 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     ckpt.close()
     seconds = time.perf_counter() - t0
     if stop_after is None or int(state["step"]) >= steps:
-        _write_result(out_dir, state, graphdef, dit_cfg, train_cfg, lora_spec and lora_cfg, frozen)
+        _write_result(out_dir, state, dit_cfg, train_cfg, lora_spec and lora_cfg, t5_cfg if text_cfg.train else None)
         plot_losses(out_dir)
     return {"state": state, "step": int(state["step"]), "out_dir": out_dir, "seconds": seconds,
             "last_loss": loss}
 
 
-def _write_result(out_dir: Path, state, graphdef, dit_cfg, train_cfg, lora_cfg, frozen) -> None:
-    """The trained weights: out_dir/dit (our Orbax DiT format; EMA weights if EMA is on) or
-    out_dir/lora.safetensors."""
+def _write_result(out_dir: Path, state, dit_cfg, train_cfg, lora_cfg, t5_cfg) -> None:
+    """The trained weights (EMA weights if EMA is on): out_dir/dit (our Orbax DiT format) and, for a trained
+    encoder (t5_cfg given), out_dir/t5 (release layout); or out_dir/lora.safetensors."""
     params = state["ema"] if train_cfg.ema_decay > 0 else state["params"]
+    if t5_cfg is not None:
+        export_trained_t5(out_dir / "t5", params["t5"], t5_cfg)
+        params = params["dit"]
     if lora_cfg:
         from wan22_jax.training.lora import save_lora
         save_lora(out_dir / "lora.safetensors", params, lora_cfg)

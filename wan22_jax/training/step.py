@@ -24,6 +24,8 @@ from wan22_jax.training.objective import flow_matching_loss, per_sample_keys
 
 # (trainable params, frozen) -> the DiT state to merge with the graphdef
 ParamsFn = Callable[[Any, Any], Any]
+# (trainable params, ids [B, L], mask [B, L]) -> context [B, L, D]: a text encoder trained with the DiT
+TextFn = Callable[[Any, Any, Any], Any]
 
 
 def full_params(params, frozen):
@@ -64,27 +66,36 @@ def dit_velocity(graphdef, dit_state, remat: bool = False):
 
 
 def batch_loss(graphdef, params, frozen, batch, key, cfg: TrainConfig, params_fn: ParamsFn = full_params,
-               offset=0, sigma=None):
-    """(sum of squared errors, element count) of one (micro-)batch {"latents", "context"}."""
-    def run(params):
-        velocity = dit_velocity(graphdef, params_fn(params, frozen), remat=cfg.remat)
-        keys = per_sample_keys(key, batch["latents"].shape[0], offset)
+               offset=0, sigma=None, text_fn: TextFn | None = None):
+    """(sum of squared errors, element count) of one (micro-)batch: {"latents", "context"}, or with `text_fn`
+    {"latents", "ids", "mask", "null_ids", "null_mask"} (the encoder runs here and is differentiated)."""
+    velocity = dit_velocity(graphdef, params_fn(params, frozen), remat=cfg.remat)
+    keys = per_sample_keys(key, batch["latents"].shape[0], offset)
+    drop = None
+    if cfg.text_dropout > 0 and sigma is None:
+        drop = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 7)) < cfg.text_dropout)(keys)
+    if text_fn is not None:
+        ids, mask = batch["ids"], batch["mask"]
+        if drop is not None:  # the empty prompt's tokens: what a pipeline encodes for negative_prompt=""
+            ids = jnp.where(drop[:, None], batch["null_ids"], ids)
+            mask = jnp.where(drop[:, None], batch["null_mask"], mask)
+        context = text_fn(params, ids, mask)
+    else:
         context = batch["context"]
-        if cfg.text_dropout > 0 and sigma is None:
-            drop = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 7)) < cfg.text_dropout)(keys)
+        if drop is not None:
             # the null condition: the empty prompt's context when the data gives it (what a pipeline encodes
             # for negative_prompt=""), else all zeros
             null = batch.get("null_context", jnp.zeros_like(context))
             context = jnp.where(drop[:, None, None], null, context)
-        return flow_matching_loss(velocity, batch["latents"], context, keys, cfg, sigma)
-    return run(params)
+    return flow_matching_loss(velocity, batch["latents"], context, keys, cfg, sigma)
 
 
-def make_train_step(graphdef, cfg: TrainConfig, params_fn: ParamsFn = full_params):
+def make_train_step(graphdef, cfg: TrainConfig, params_fn: ParamsFn = full_params, text_fn: TextFn | None = None):
     """Returns the jitted `train_step(state, batch, frozen=None) -> (state, metrics)`.
 
     batch: {"latents": [A, B, z, F, h, w], "context": [A, B, L, D], optional "null_context" [A, B, L, D] (what
-      text dropout swaps in; zeros without it)} with A = cfg.grad_accum micro-batches.
+      text dropout swaps in; zeros without it)} with A = cfg.grad_accum micro-batches; with `text_fn` (an
+      encoder trained with the DiT, its params inside the trainable ones) token ids instead of contexts.
     metrics: {"loss": mean squared error over the step's samples, "grad_norm", "lr"}.
     The state's buffers are donated: do not reuse the state passed in.
     """
@@ -98,7 +109,7 @@ def make_train_step(graphdef, cfg: TrainConfig, params_fn: ParamsFn = full_param
         micro = batch["latents"].shape[1]
 
         def sse(params, mb, i):
-            return batch_loss(graphdef, params, frozen, mb, key, cfg, params_fn, offset=i * micro)
+            return batch_loss(graphdef, params, frozen, mb, key, cfg, params_fn, offset=i * micro, text_fn=text_fn)
 
         def accumulate(carry, xs):
             g_acc, s_acc, n_acc = carry
@@ -127,11 +138,12 @@ def make_train_step(graphdef, cfg: TrainConfig, params_fn: ParamsFn = full_param
     return train_step
 
 
-def make_eval_loss(graphdef, cfg: TrainConfig, params_fn: ParamsFn = full_params):
+def make_eval_loss(graphdef, cfg: TrainConfig, params_fn: ParamsFn = full_params, text_fn: TextFn | None = None):
     """Jitted `eval_loss(params, batch, sigma, frozen=None)`: the mean loss at a fixed sigma (t = sigma * 1000)
     on a fixed batch {"latents": [B, ...], "context"}, with fixed noise (key 0)."""
     @jax.jit
     def eval_loss(params, batch, sigma, frozen=None):
-        s, n = batch_loss(graphdef, params, frozen, batch, jax.random.key(1234), cfg, params_fn, sigma=sigma)
+        s, n = batch_loss(graphdef, params, frozen, batch, jax.random.key(1234), cfg, params_fn, sigma=sigma,
+                          text_fn=text_fn)
         return s / n
     return eval_loss

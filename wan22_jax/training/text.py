@@ -1,0 +1,81 @@
+"""The text side of a training run: the tokenizer trained on the world's prompts and the umT5 encoder, either
+frozen (its contexts are computed once) or trained together with the DiT.
+
+Trained jointly, the trainable params are `{"dit": ..., "t5": ...}` and batches carry token ids instead of
+contexts; the encoder runs inside the loss, so the flow-matching gradient reaches it. Its context is built the
+way the pipeline builds it (`TextEncoder`: rows past a prompt's length are zero), so the exported encoder gives
+the DiT at inference exactly what it saw in training (tests/training/test_text_training.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from wan22_jax.config_utils import config_from_dict
+from wan22_jax.errors import ConfigError
+from wan22_jax.models.tokenizer_training import MODEL_TYPES
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TextConfig:
+    """t5: T5Config fields of the encoder (random init from `seed`); vocab_size / tokenizer: size and
+    sentencepiece model type of the tokenizer (`train_tokenizer`); train: train the encoder with the DiT
+    (else it stays frozen at its random init: any prompt still gets a distinct, fixed embedding)."""
+
+    t5: dict = dataclasses.field(default_factory=lambda: dict(vocab_size=96, dim=32, dim_attn=32, dim_ffn=64,
+                                                              num_heads=4, num_layers=2))
+    seed: int = 0
+    vocab_size: int = 96
+    tokenizer: str = "unigram"
+    train: bool = False
+
+    def __post_init__(self):
+        if self.tokenizer not in MODEL_TYPES:
+            raise ConfigError(f"text.tokenizer {self.tokenizer!r}: use one of {MODEL_TYPES}")
+
+
+def build_text_encoder(text: TextConfig, text_len: int, tokenizer_dir: Path):
+    """(TextEncoder, T5Config, T5Encoder): the tokenizer (trained on the mini-world corpus into `tokenizer_dir`
+    unless it is there) and the encoder at its random init."""
+    from wan22_jax.data.mini_world import prompt_corpus
+    from wan22_jax.models.t5 import T5Config, random_t5
+    from wan22_jax.models.tokenizer import Tokenizer
+    from wan22_jax.models.tokenizer_training import train_tokenizer
+    from wan22_jax.text_encoder import TextEncoder
+
+    t5_cfg = config_from_dict(T5Config, text.t5, source="config text.t5")
+    if not (tokenizer_dir / "spiece.model").is_file():
+        train_tokenizer(prompt_corpus() * 4, tokenizer_dir, vocab_size=text.vocab_size, model_type=text.tokenizer)
+    model = random_t5(t5_cfg, dtype=jnp.float32, param_dtype=jnp.float32, seed=text.seed)
+    return TextEncoder(model, Tokenizer(tokenizer_dir, text_len=text_len), cache_size=0), t5_cfg, model
+
+
+def joint_params_fn(params, frozen):
+    """The DiT's part of joint {"dit", "t5"} params (what `make_train_step` merges into the DiT)."""
+    return params["dit"]
+
+
+def make_text_fn(t5_graphdef):
+    """(params, ids [B, L], mask [B, L]) -> context [B, L, dim]: the encoder of params["t5"], rows past each
+    prompt's length zeroed as `TextEncoder` does."""
+    def text_fn(params, ids, mask):
+        hidden = nnx.merge(t5_graphdef, params["t5"])(ids, mask)
+        return jnp.where(mask[..., None] > 0, hidden, jnp.zeros((), hidden.dtype))
+    return text_fn
+
+
+def export_trained_t5(folder: Path, t5_params: dict, t5_cfg) -> Path:
+    """Writes trained encoder weights in the release layout (`export_t5`), for `load_t5` / the pipeline."""
+    from wan22_jax.convert.mapping import flat_state
+    from wan22_jax.models.t5 import T5Encoder
+    from wan22_jax.training.export import export_t5
+
+    abstract = nnx.state(nnx.eval_shape(lambda: T5Encoder(t5_cfg, dtype=jnp.float32, param_dtype=jnp.float32,
+                                                          rngs=nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(abstract, jax.tree.map(np.asarray, t5_params))
+    return export_t5(folder, flat_state(abstract), t5_cfg)

@@ -8,8 +8,10 @@ from wan22_jax.models.attention import _dense, attention, query_block
 
 
 def test_query_block_choice():
-    assert query_block(512) is None and query_block(1600) == 200 and query_block(75600) == 252
-    assert query_block(1031) is None  # prime: dense
+    assert query_block(512) is None and query_block(1031) is None  # short, prime: dense
+    assert query_block(1600, 1600, 6) == 400 and query_block(1600, 512, 6) == 400
+    assert query_block(3600, 3600, 6) == 240  # the largest divisor whose logits fit the cache budget
+    assert query_block(75600, 75600, 40) == 135  # nothing fits: the smallest divisor, memory still bounded
 
 
 @pytest.mark.parametrize("masked", [False, True])

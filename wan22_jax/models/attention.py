@@ -1,7 +1,8 @@
 """One attention entry point with selectable implementations.
 
 * "xla": the reference, written out: logits in fp32, fp32 softmax, probabilities cast to the value dtype for the
-  PV product (what flash attention does). Runs everywhere; the parity suite uses it.
+  PV product (what flash attention does). Runs everywhere; the parity suite uses it. Above 1,024 queries it runs
+  one cache-sized block of queries at a time and normalises after the PV product (`_blocked`).
 * "dot_product": `jax.nn.dot_product_attention`, letting XLA pick the backend.
 * "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`, cuDNN flash attention on NVIDIA GPUs
   (bf16/fp16 inputs only).
@@ -17,15 +18,23 @@ import jax.numpy as jnp
 IMPLEMENTATIONS = ("xla", "dot_product", "cudnn")
 
 
-def query_block(lq: int, lo: int = 128, hi: int = 256, min_len: int = 1024) -> int | None:
-    """The query block of the "xla" implementation: the largest divisor of lq in [lo, hi] when lq > min_len
-    (None: run dense)."""
+# Bytes of fp32 logits one query block may hold: small enough to stay in a CPU's caches between the two
+# matmuls and the softmax (at 1,600 tokens x 6 heads, 36 MB blocks ran 1.4x slower than 12 MB ones).
+LOGITS_BLOCK_BYTES = 24 * 2**20
+
+
+def query_block(lq: int, lk: int | None = None, heads: int = 1, lo: int = 128, hi: int = 400,
+                min_len: int = 1024) -> int | None:
+    """The query block of the "xla" implementation for lq queries over lk keys: the largest divisor of lq in
+    [lo, hi] whose [heads, block, lk] fp32 logits fit LOGITS_BLOCK_BYTES (else the smallest divisor there),
+    when lq > min_len. None: run dense."""
     if lq <= min_len:
         return None
-    for size in range(hi, lo - 1, -1):
-        if lq % size == 0:
-            return size
-    return None
+    sizes = [d for d in range(lo, hi + 1) if lq % d == 0]
+    if not sizes:
+        return None
+    fits = [d for d in sizes if heads * d * (lq if lk is None else lk) * 4 <= LOGITS_BLOCK_BYTES]
+    return max(fits) if fits else min(sizes)
 
 
 def _dense(q, k, v, kv_mask, bias, scale):
@@ -37,6 +46,32 @@ def _dense(q, k, v, kv_mask, bias, scale):
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bnqk,bknd->bqnd", probs, v, preferred_element_type=jnp.float32)
     return out.astype(q.dtype)
+
+
+def _blocked(q, k, v, kv_mask, scale, block):
+    """Long sequences: one block of queries at a time, so that a block's logits stay in cache instead of
+    streaming an [N, Lq, Lk] matrix through memory three times, and memory stays bounded. Keys and values are
+    laid out head-major once (not once per block), and each row is normalised after the PV product (one pass
+    less over the probabilities, as flash attention does). Rows are independent: equal to `_dense` up to
+    rounding. 1.2x (1,600 tokens) to 1.4x (3,600) faster than blocking `_dense` on a 2-core CPU."""
+    b, lq, n, d = q.shape
+    kt = jnp.transpose(k, (0, 2, 3, 1))  # [B, N, d, Lk]
+    vt = jnp.transpose(v, (0, 2, 1, 3))  # [B, N, Lk, d]
+    # the scale on the queries, not on the Lk-times larger logits
+    qs = (q.astype(jnp.float32) * scale).astype(q.dtype)
+    blocks = jnp.transpose(qs.reshape(b, lq // block, block, n, d), (1, 0, 3, 2, 4))  # [nb, B, N, block, d]
+
+    def one(qb):
+        logits = jnp.matmul(qb, kt, preferred_element_type=jnp.float32)  # [B, N, block, Lk]
+        if kv_mask is not None:
+            logits = jnp.where(kv_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+        m = jnp.max(logits, axis=-1, keepdims=True)
+        p = jnp.exp(logits - m)
+        out = jnp.matmul(p.astype(v.dtype), vt, preferred_element_type=jnp.float32)
+        return out / jnp.sum(p, axis=-1, keepdims=True)
+
+    out = jax.lax.map(one, blocks)  # [nb, B, N, block, d]
+    return jnp.transpose(out, (1, 0, 3, 2, 4)).reshape(b, lq, n, d).astype(q.dtype)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, kv_mask: jax.Array | None = None,
@@ -57,16 +92,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, kv_mask: jax.Array | 
     d = q.shape[-1]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     if impl == "xla":
-        block = query_block(q.shape[1]) if bias is None else None
+        block = query_block(q.shape[1], k.shape[1], q.shape[2]) if bias is None else None
         if block is None:
             return _dense(q, k, v, kv_mask, bias, scale)
-        # Long sequences: one block of queries at a time, so the [N, block, Lk] logits stay in cache instead of
-        # streaming an [N, Lq, Lk] matrix through memory three times (1.7x faster at 1,600 tokens on a CPU) and
-        # the memory is bounded. Rows are independent, so the result is the dense one.
-        b, lq, n, d = q.shape
-        blocks = jnp.moveaxis(q.reshape(b, lq // block, block, n, d), 1, 0)
-        out = jax.lax.map(lambda qb: _dense(qb, k, v, kv_mask, None, scale), blocks)
-        return jnp.moveaxis(out, 0, 1).reshape(b, lq, n, d)
+        return _blocked(q, k, v, kv_mask, scale, block)
     mask = None if kv_mask is None else kv_mask[:, None, None, :]
     out = jax.nn.dot_product_attention(
         q, k.astype(q.dtype), v.astype(q.dtype), bias=None if bias is None else bias.astype(q.dtype),

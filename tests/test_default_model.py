@@ -32,16 +32,16 @@ def test_loads_with_no_path_in_float32(pipe):
 
 def test_follows_held_out_prompts(pipe):
     # Every held-out colour x shape x direction combination (never trained on), each background, one seed.
-    # Measured for the shipped model (2 seeds, experiments/mini_world/results): colour 1.00, shape 0.65,
-    # direction 1.00; chance is 0.25 / 0.33 / 0.25. The bars sit below the measurement, far above chance.
+    # Measured for the shipped model (4 seeds, experiments/mini_world/results): colour 1.00, shape 0.89,
+    # direction 1.00, all three 0.89 (seed 0: 0.92); chance is 0.25 / 0.33 / 0.25. The bar is the goal: 80 %.
     rows, videos = generate_rows(pipe, held_out_scenes(), seeds=(0,), progress=False)
     acc = accuracy(rows)
     assert videos[0].shape == (5, 64, 64, 3)
-    assert acc["colour"] >= 0.9 and acc["direction"] >= 0.9 and acc["shape"] >= 0.5, acc
+    assert acc["all"] >= 0.8, acc
 
 
 def test_follows_training_prompts(pipe):
-    # training combinations (fresh noise): measured 1.00 / 0.92 / 1.00 with 2 seeds
+    # training combinations (fresh noise): measured 1.00 / 0.98 / 1.00 with 4 seeds
     scenes = train_scenes()[::4]
     rows, _ = generate_rows(pipe, scenes, seeds=(5,), progress=False)
     acc = accuracy(rows)

@@ -1,6 +1,6 @@
 """Prompt following of a mini-world checkpoint through the real pipeline, read by the deterministic detector.
 
-    python experiments/mini_world/evaluate.py [--checkpoint FOLDER] [--seeds 2] [--steps 20] [--guidance 4]
+    python experiments/mini_world/evaluate.py [--checkpoint FOLDER] [--seeds 4] [--steps 20] [--guidance 4]
         [--solver unipc] [--out experiments/mini_world/results]
 
 Every held-out scene (colour x shape x direction combinations never trained on, each background) and as many
@@ -26,7 +26,7 @@ from wan22_jax.pipeline import Wan22Pipeline
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", default=None, help="default: the embedded model")
-    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--guidance", type=float, default=None)
     ap.add_argument("--solver", default="unipc")

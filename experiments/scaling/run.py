@@ -49,7 +49,9 @@ def run_size(name, dim, ffn, heads, layers, *, vae: str, steps: int, batch: int,
     loss = float(np.mean([float(last[k]) for k in ("t100", "t500", "t900")]))
     dit = config_from_dict(DiTConfig, cfg["dit"], source=name)
     fwd = dit_forward_flops(dit, (2, 8, 8))  # the context is zero-padded to text_len and attended in full
-    params = sum(int(np.prod(v.shape)) for v in __import__("jax").tree.leaves(out["state"]["params"]))
+    trained = out["state"]["params"]
+    trained = trained.get("dit", trained)  # the DiT's parameters (the small text encoder trains alongside)
+    params = sum(int(np.prod(v.shape)) for v in __import__("jax").tree.leaves(trained))
     return {"name": name, "dim": dim, "ffn_dim": ffn, "heads": heads, "layers": layers, "params": params,
             "steps": steps, "batch": batch,
             "train_flops": 3 * fwd * steps * batch, "eval_loss": loss, "train_loss_last": out["last_loss"],

@@ -67,14 +67,27 @@ def test_timestep_layouts_agree_and_match_per_token_reference():
     np.testing.assert_allclose(c, d, rtol=0, atol=1e-6)
 
 
+def _small_inputs(frames: int):
+    """(x [1, 16, frames, 4, 4], t [1], context [1, 9, 48]) for the tiny t2v preset."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 16, frames, 4, 4)).astype(np.float32)
+    return x, np.array([500.0], np.float32), rng.standard_normal((1, 9, 48)).astype(np.float32)
+
+
 def test_precomputed_context_kv_equals_direct_context():
     model, _ = _model(DIT_PRESETS["tiny-t2v"])
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((1, 16, 1, 4, 4)).astype(np.float32)
-    ctx = rng.standard_normal((1, 9, 48)).astype(np.float32)
-    t = np.array([500.0], np.float32)
+    x, t, ctx = _small_inputs(1)
     np.testing.assert_array_equal(np.asarray(model(x, t, ctx)),
                                   np.asarray(model(x, t, context_kv=model.encode_context(jnp.asarray(ctx)))))
+
+
+def test_splash_attention_gives_the_xla_forward():
+    """The TPU kernel path (interpreted on CPU) through a whole DiT, with padded self-attention keys."""
+    model, _ = _model(DIT_PRESETS["tiny-t2v"])
+    x, t, ctx = _small_inputs(2)
+    mask = np.arange(2 * 2 * 2)[None] < 6
+    ref = np.asarray(model(x, t, ctx, kv_mask=mask, attn_impl="xla"))
+    assert rel_err(model(x, t, ctx, kv_mask=mask, attn_impl="splash"), ref) < 1e-5
 
 
 def test_padded_tokens_are_ignored_with_kv_mask():

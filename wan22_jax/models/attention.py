@@ -6,16 +6,21 @@
 * "dot_product": `jax.nn.dot_product_attention`, letting XLA pick the backend.
 * "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`, cuDNN flash attention on NVIDIA GPUs
   (bf16/fp16 inputs only).
+* "splash": JAX's Pallas splash-attention kernel for TPUs (`jax.experimental.pallas.ops.tpu.splash_attention`),
+  padded keys masked by segment ids; on other backends the same kernel runs in Pallas' interpreter (slow: it is
+  there so that CPU tests check the TPU path's numbers). Calls with a logits bias (T5) run "xla".
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("xla", "dot_product", "cudnn")
+IMPLEMENTATIONS = ("xla", "dot_product", "cudnn", "splash")
+SPLASH_BLOCK = 128  # the kernel's default block: sequences are padded to a multiple of it
 
 
 # Bytes of fp32 logits one query block may hold: small enough to stay in a CPU's caches between the two
@@ -74,6 +79,36 @@ def _blocked(q, k, v, kv_mask, scale, block):
     return jnp.transpose(out, (1, 0, 3, 2, 4)).reshape(b, lq, n, d).astype(q.dtype)
 
 
+@functools.lru_cache(maxsize=32)
+def _splash_kernel(lq: int, lk: int, heads: int, interpret: bool):
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+    mask = sm.MultiHeadMask([sm.FullMask((lq, lk)) for _ in range(heads)])
+    return sk.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret)
+
+
+def _splash(q, k, v, kv_mask, scale):
+    """[B, Lq, N, d] through the splash kernel, one example at a time (it takes [N, L, d]); queries and keys are
+    padded to a multiple of SPLASH_BLOCK, padded keys (and kv_mask's) get another segment id than the queries."""
+    from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import SegmentIds
+    b, lq, n, d = q.shape
+    lk = k.shape[1]
+    pq, pk = -lq % SPLASH_BLOCK, -lk % SPLASH_BLOCK
+    valid = jnp.ones((b, lk), bool) if kv_mask is None else kv_mask
+    valid = jnp.pad(valid, ((0, 0), (0, pk)))
+    qs = jnp.pad((q.astype(jnp.float32) * scale).astype(q.dtype), ((0, 0), (0, pq), (0, 0), (0, 0)))
+    kp = jnp.pad(k.astype(q.dtype), ((0, 0), (0, pk), (0, 0), (0, 0)))
+    vp = jnp.pad(v.astype(q.dtype), ((0, 0), (0, pk), (0, 0), (0, 0)))
+    kernel = _splash_kernel(lq + pq, lk + pk, n, jax.default_backend() != "tpu")
+
+    def one(qb, kb, vb, ok):
+        seg = SegmentIds(q=jnp.zeros((lq + pq,), jnp.int32), kv=jnp.where(ok, 0, 1).astype(jnp.int32))
+        return kernel(qb.transpose(1, 0, 2), kb.transpose(1, 0, 2), vb.transpose(1, 0, 2), segment_ids=seg)
+
+    out = jax.vmap(one)(qs, kp, vp, valid)  # [B, N, Lq + pq, d]
+    return out.transpose(0, 2, 1, 3)[:, :lq].astype(q.dtype)
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, kv_mask: jax.Array | None = None,
               bias: jax.Array | None = None, scale: float | None = None, impl: str = "xla") -> jax.Array:
     """Multi-head attention.
@@ -91,7 +126,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, kv_mask: jax.Array | 
         raise ValueError(f"unknown attention implementation {impl!r}; choose one of {IMPLEMENTATIONS}")
     d = q.shape[-1]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    if impl == "xla":
+    if impl == "splash" and bias is None:
+        return _splash(q, k, v, kv_mask, scale)
+    if impl in ("xla", "splash"):
         block = query_block(q.shape[1], k.shape[1], q.shape[2]) if bias is None else None
         if block is None:
             return _dense(q, k, v, kv_mask, bias, scale)

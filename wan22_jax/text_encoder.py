@@ -28,8 +28,9 @@ from wan22_jax.models.tokenizer import Tokenizer
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _encode_zero_padded(graphdef, state, ids, mask):
-    """[B, L] ids/mask -> [B, L, dim] encoder output with the rows past each prompt's length set to zero."""
+def encode_zero_padded(graphdef, state, ids, mask):
+    """[B, L] ids/mask -> [B, L, dim] encoder output with the rows past each prompt's length set to zero (the
+    context the DiT sees; training an encoder with the DiT differentiates through this same function)."""
     hidden = nnx.merge(graphdef, state)(ids, mask)
     return jnp.where(mask[..., None] > 0, hidden, jnp.zeros((), hidden.dtype))
 
@@ -73,7 +74,7 @@ class TextEncoder:
         fresh: dict[str, tuple[jax.Array, int]] = {}
         if missing:
             ids, mask = self.tokenizer(missing)
-            rows = _encode_zero_padded(self._graphdef, self._state, jnp.asarray(ids), jnp.asarray(mask))
+            rows = encode_zero_padded(self._graphdef, self._state, jnp.asarray(ids), jnp.asarray(mask))
             self.encoder_runs += 1
             self.prompts_encoded += len(missing)
             lengths = mask.sum(axis=1)

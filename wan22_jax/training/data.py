@@ -73,8 +73,7 @@ class LatentData:
         self.prompts = prompts
         # every prompt of the world encoded (or tokenized) once; "" is the null condition of CFG
         corpus = sorted(set(prompt_corpus()) | {""})
-        self.tokens = tokenize is not None
-        if self.tokens:
+        if tokenize is not None:
             ids, mask = (np.asarray(a, np.int32) for a in tokenize(corpus))
             self._text = {"ids": {p: ids[i] for i, p in enumerate(corpus)},
                           "mask": {p: mask[i] for i, p in enumerate(corpus)}}
@@ -84,9 +83,6 @@ class LatentData:
 
     def __len__(self) -> int:
         return len(self.latents)
-
-    def context(self, prompts) -> np.ndarray:
-        return np.stack([self._text["context"][p] for p in prompts])
 
     def batch(self, position: int, size: int, accum: int = 1) -> dict[str, jax.Array]:
         """Samples position .. position + accum*size - 1 as {"latents": [A, B, ...], "context": [A, B, L, D],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +20,7 @@ from flax import nnx
 from wan22_jax.config_utils import config_from_dict
 from wan22_jax.errors import ConfigError
 from wan22_jax.models.tokenizer_training import MODEL_TYPES
+from wan22_jax.text_encoder import TextEncoder, encode_zero_padded
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -46,7 +48,6 @@ def build_text_encoder(text: TextConfig, text_len: int, tokenizer_dir: Path):
     from wan22_jax.models.t5 import T5Config, random_t5
     from wan22_jax.models.tokenizer import Tokenizer
     from wan22_jax.models.tokenizer_training import train_tokenizer
-    from wan22_jax.text_encoder import TextEncoder
 
     t5_cfg = config_from_dict(T5Config, text.t5, source="config text.t5")
     if not (tokenizer_dir / "spiece.model").is_file():
@@ -62,11 +63,8 @@ def joint_params_fn(params, frozen):
 
 def make_text_fn(t5_graphdef):
     """(params, ids [B, L], mask [B, L]) -> context [B, L, dim]: the encoder of params["t5"], rows past each
-    prompt's length zeroed as `TextEncoder` does."""
-    def text_fn(params, ids, mask):
-        hidden = nnx.merge(t5_graphdef, params["t5"])(ids, mask)
-        return jnp.where(mask[..., None] > 0, hidden, jnp.zeros((), hidden.dtype))
-    return text_fn
+    prompt's length zeroed, by the function `TextEncoder` runs."""
+    return lambda params, ids, mask: encode_zero_padded(t5_graphdef, params["t5"], ids, mask)
 
 
 def export_trained_t5(folder: Path, t5_params: dict, t5_cfg) -> Path:

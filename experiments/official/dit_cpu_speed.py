@@ -1,7 +1,9 @@
 """Side by side on this CPU: our jitted DiT forward vs the official PyTorch WanModel.forward, same weights/shapes.
 
 Default shape (from issue 2): width 768, 6 layers, 6 heads, ffn 3072, latent 5x32x40 (1,600 tokens), 300 text
-tokens (padded to text_len 512 by both models), fp32. Prints both medians, the ratio, FLOP/s and the parity error.
+tokens (padded to text_len 512 by both models), fp32. Prints both medians, the ratio (and the median of per-repeat
+ratios, robust to this machine's drifting throughput), FLOP/s, the share of this CPU's measured fp32 matmul peak,
+which fp32 matmul ran (MKL through wan22_jax.kernels.cpu_sgemm, or XLA's dot) and the parity error.
 
     python experiments/official/dit_cpu_speed.py --official /tmp/wan22_official [--json]
 """
@@ -21,6 +23,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--official", required=True, help="folder holding the official wan/ package")
@@ -33,6 +41,7 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--attention", default="xla", help="our attention implementation (xla, dot_product)")
+    p.add_argument("--peak-size", type=int, default=3072, help="square sgemm size timed as the matmul peak")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
@@ -80,24 +89,42 @@ def main():
     ours = np.asarray(fwd(state, xj, tj, cj))[0]
     compile_s = time.perf_counter() - t0
 
+    # This CPU's fp32 matmul peak, as measured: the best of a large square MKL sgemm (XLA's dot without MKL),
+    # both threads. Timed inside every repeat too, so that each repeat's fraction of it is drift-free.
+    from wan22_jax.kernels import cpu_sgemm
+    a = jnp.asarray(rng.standard_normal((args.peak_size, args.peak_size)), jnp.float32)
+    peak_mm = jax.jit(cpu_sgemm.matmul)
+    jax.block_until_ready(peak_mm(a, a))
+
+    def peak_gflops():
+        best = min(_timed(lambda: jax.block_until_ready(peak_mm(a, a))) for _ in range(3))
+        return 2 * args.peak_size ** 3 / best / 1e9
+
     # Alternate the two implementations so that background load on this machine hits both alike.
-    torch_times, jax_times = [], []
+    torch_times, jax_times, peaks = [], [], []
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        torch_forward()
-        torch_times.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        jax.block_until_ready(fwd(state, xj, tj, cj))
-        jax_times.append(time.perf_counter() - t0)
+        torch_times.append(_timed(torch_forward))
+        jax_times.append(_timed(lambda: jax.block_until_ready(fwd(state, xj, tj, cj))))
+        peaks.append(peak_gflops())
 
     flops = dit_forward_flops(cfg, grid)
+    ratios = [a / b for a, b in zip(torch_times, jax_times)]
     res = {
         "shape": dataclasses.asdict(cfg) | {"latent": grid, "text_rows": args.text},
         "official_median_s": statistics.median(torch_times), "ours_median_s": statistics.median(jax_times),
         "ours_compile_s": compile_s, "flops": flops,
         "speedup": statistics.median(torch_times) / statistics.median(jax_times),
+        # this machine's throughput drifts by tens of percent over seconds: each repeat times both back to back,
+        # and the median of those paired ratios is the robust number
+        "paired_speedup_median": statistics.median(ratios), "paired_speedups": ratios,
+        "fp32_matmul": cpu_sgemm.status(),
         "official_gflops_per_s": flops / statistics.median(torch_times) / 1e9,
         "ours_gflops_per_s": flops / statistics.median(jax_times) / 1e9,
+        "matmul_peak_gflops_per_s": statistics.median(peaks),
+        # the official model's FLOPs (512 text rows) over each repeat's time, as a share of that repeat's peak
+        "ours_fraction_of_matmul_peak": statistics.median(flops / t / 1e9 / pk for t, pk in zip(jax_times, peaks)),
+        "official_fraction_of_matmul_peak": statistics.median(
+            flops / t / 1e9 / pk for t, pk in zip(torch_times, peaks)),
         "parity_max_abs_over_max_ref": float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref))),
         "torch_threads": torch.get_num_threads(), "attention": args.attention,
         "official_times_s": torch_times, "ours_times_s": jax_times,

@@ -45,3 +45,20 @@ def test_unknown_implementation_is_named():
     x = jnp.zeros((1, 4, 1, 8))
     with pytest.raises(ValueError, match="flash3"):
         attention(x, x, x, impl="flash3")
+
+
+@pytest.mark.parametrize("lq", [200, 1600])  # dense and blocked
+def test_key_bias_counts_a_repeated_key(lq):
+    """One key with bias log(c) attends exactly like c copies of it (the DiT's text padding row)."""
+    rng = np.random.default_rng(2)
+    q = jnp.asarray(rng.standard_normal((2, lq, 2, 16)), jnp.float32)
+    k, v = (jnp.asarray(rng.standard_normal((2, 9, 2, 16)), jnp.float32) for _ in range(2))
+    bias = jnp.zeros((9,)).at[-1].set(np.log(7.0))
+    expanded = [jnp.concatenate([a, jnp.repeat(a[:, -1:], 6, axis=1)], axis=1) for a in (k, v)]
+    ref = np.asarray(_dense(q, *expanded, None, None, 0.25))
+    for impl in ("xla", "dot_product"):
+        got = np.asarray(attention(q, k, v, key_bias=bias, scale=0.25, impl=impl))
+        assert np.max(np.abs(got - ref)) / np.max(np.abs(ref)) < 1e-6, impl
+    # splash has no per-key bias: it runs the reference
+    np.testing.assert_array_equal(np.asarray(attention(q, k, v, key_bias=bias, impl="splash")),
+                                  np.asarray(attention(q, k, v, key_bias=bias, impl="xla")))

@@ -12,7 +12,7 @@ from dit_reference import official_forward, official_state_dict
 from wan22_jax.convert.dit import OFFICIAL, convert_dit
 from wan22_jax.errors import InputError
 from wan22_jax.io.tensor_source import DictSource
-from wan22_jax.models.dit import DIT_PRESETS, WanModel
+from wan22_jax.models.dit import DIT_PRESETS, WanModel, padding_key_bias
 
 
 def rel_err(a, b):
@@ -79,6 +79,18 @@ def test_precomputed_context_kv_equals_direct_context():
     x, t, ctx = _small_inputs(1)
     np.testing.assert_array_equal(np.asarray(model(x, t, ctx)),
                                   np.asarray(model(x, t, context_kv=model.encode_context(jnp.asarray(ctx)))))
+
+
+def test_one_padding_row_equals_the_zero_padded_context():
+    """A short prompt's text K/V hold one padding row (counted text_len - Lc times), not text_len - Lc."""
+    model, _ = _model(DIT_PRESETS["tiny-t2v"])
+    x, t, ctx = _small_inputs(2)  # 9 of text_len 16 rows
+    k, v = model.encode_context(jnp.asarray(ctx))
+    assert k.shape[2] == v.shape[2] == 10
+    full = np.pad(ctx, ((0, 0), (0, 7), (0, 0)))
+    assert model.encode_context(jnp.asarray(full))[0].shape[2] == 16
+    assert rel_err(model(x, t, ctx), np.asarray(model(x, t, full), np.float64)) < 1e-6
+    assert padding_key_bias(16, 16) is None and float(padding_key_bias(10, 16)[-1]) == pytest.approx(np.log(7))
 
 
 def test_splash_attention_gives_the_xla_forward():

@@ -15,6 +15,7 @@ from flax import nnx
 from wan22_jax.bench.timing import device_description, emit, peak_bytes, time_compiled
 from wan22_jax.errors import InputError
 from wan22_jax.flops import dit_forward_flops, peak_flops
+from wan22_jax.kernels import cpu_sgemm
 from wan22_jax.models.attention import IMPLEMENTATIONS
 from wan22_jax.models.dit import DIT_PRESETS, WanModel
 from wan22_jax.sharding import init_sharded, make_mesh, mesh_context
@@ -81,6 +82,8 @@ def main(args: argparse.Namespace) -> int:
         "mesh": args.mesh, "device": device, "compile_s": timing["compile_s"], "median_s": timing["median_s"],
         "peak_bytes": peak_bytes(), "flops": flops, "flops_per_s": flops / timing["median_s"],
         "mfu": None if peak is None else flops / timing["median_s"] / peak,
+        # which fp32 matmul ran on a CPU: MKL's (wan22_jax.kernels.cpu_sgemm) or XLA's dot, and why
+        "cpu_fp32_matmul": cpu_sgemm.status() if jax.default_backend() == "cpu" else None,
     }
     emit(result, args.json)
     return 0

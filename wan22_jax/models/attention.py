@@ -2,7 +2,9 @@
 
 * "xla": the reference, written out: logits in fp32, fp32 softmax, probabilities cast to the value dtype for the
   PV product (what flash attention does). Runs everywhere; the parity suite uses it. Above 1,024 queries it runs
-  one cache-sized block of queries at a time and normalises after the PV product (`_blocked`).
+  one cache-sized block of queries at a time and normalises after the PV product (`_blocked`). In fp32 on a
+  CPU with MKL installed, the same algorithm runs as one fused kernel (`wan22_jax.kernels.cpu_sgemm.attention`:
+  per head and block of query rows, the logits stay in the core's cache).
 * "dot_product": `jax.nn.dot_product_attention`, letting XLA pick the backend.
 * "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`, cuDNN flash attention on NVIDIA GPUs
   (bf16/fp16 inputs only).
@@ -18,6 +20,8 @@ import math
 
 import jax
 import jax.numpy as jnp
+
+from wan22_jax.kernels import cpu_sgemm
 
 IMPLEMENTATIONS = ("xla", "dot_product", "cudnn", "splash")
 SPLASH_BLOCK = 128  # the kernel's default block: sequences are padded to a multiple of it
@@ -53,7 +57,7 @@ def _dense(q, k, v, kv_mask, bias, scale):
     return out.astype(q.dtype)
 
 
-def _blocked(q, k, v, kv_mask, scale, block):
+def _blocked(q, k, v, kv_mask, scale, block, key_bias=None):
     """Long sequences: one block of queries at a time, so that a block's logits stay in cache instead of
     streaming an [N, Lq, Lk] matrix through memory three times, and memory stays bounded. Keys and values are
     laid out head-major once (not once per block), and each row is normalised after the PV product (one pass
@@ -68,6 +72,8 @@ def _blocked(q, k, v, kv_mask, scale, block):
 
     def one(qb):
         logits = jnp.matmul(qb, kt, preferred_element_type=jnp.float32)  # [B, N, block, Lk]
+        if key_bias is not None:
+            logits = logits + key_bias
         if kv_mask is not None:
             logits = jnp.where(kv_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
         m = jnp.max(logits, axis=-1, keepdims=True)
@@ -77,6 +83,19 @@ def _blocked(q, k, v, kv_mask, scale, block):
 
     out = jax.lax.map(one, blocks)  # [nb, B, N, block, d]
     return jnp.transpose(out, (1, 0, 3, 2, 4)).reshape(b, lq, n, d).astype(q.dtype)
+
+
+def _per_key(key_bias):
+    kb = jnp.asarray(key_bias, jnp.float32)
+    return kb[None] if kb.ndim == 1 else kb  # [B or 1, Lk]
+
+
+def _fused_cpu(q, k, v, kv_mask, key_bias, scale):
+    """The fused MKL kernel, with the key mask folded into its per-key bias as -inf."""
+    kb = jnp.zeros((1, k.shape[1]), jnp.float32) if key_bias is None else _per_key(key_bias)
+    if kv_mask is not None:
+        kb = jnp.where(kv_mask, kb, -jnp.inf)
+    return cpu_sgemm.attention(q, k, v, kb, scale).astype(q.dtype)
 
 
 @functools.lru_cache(maxsize=32)
@@ -110,13 +129,16 @@ def _splash(q, k, v, kv_mask, scale):
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, kv_mask: jax.Array | None = None,
-              bias: jax.Array | None = None, scale: float | None = None, impl: str = "xla") -> jax.Array:
+              bias: jax.Array | None = None, key_bias: jax.Array | None = None, scale: float | None = None,
+              impl: str = "xla") -> jax.Array:
     """Multi-head attention.
 
     Args:
       q: [B, Lq, N, d]; k, v: [B, Lk, N, d].
       kv_mask: optional [B, Lk] bool, False = padded key (ignored by every query).
       bias: optional additive logits bias broadcastable to [B, N, Lq, Lk] (T5's relative positions).
+      key_bias: optional [Lk] or [B, Lk] fp32 additive bias per key, added after the scale (the DiT's log-count
+        of its one padding text row). With it, splash and non-fp32 inputs run "xla" (in fp32 logits).
       scale: logits scale; None means 1/sqrt(d). (T5 uses 1.0.)
       impl: one of IMPLEMENTATIONS.
     Returns:
@@ -126,13 +148,24 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, kv_mask: jax.Array | 
         raise ValueError(f"unknown attention implementation {impl!r}; choose one of {IMPLEMENTATIONS}")
     d = q.shape[-1]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    if impl == "splash" and bias is None:
+    if impl == "splash" and bias is None and key_bias is None:
         return _splash(q, k, v, kv_mask, scale)
+    if key_bias is not None and q.dtype != jnp.float32:
+        impl = "xla"  # the other kernels take the bias in q's dtype: a bf16 log-count is 2 % off
     if impl in ("xla", "splash"):
+        b, lq, n, _ = q.shape
+        per_head_q = jax.ShapeDtypeStruct((b, n, lq, d), q.dtype)  # the rows one head's products see
+        if bias is None and v.dtype == k.dtype and cpu_sgemm.use_for(per_head_q, k):
+            return _fused_cpu(q, k, v, kv_mask, key_bias, scale)
         block = query_block(q.shape[1], k.shape[1], q.shape[2]) if bias is None else None
-        if block is None:
-            return _dense(q, k, v, kv_mask, bias, scale)
-        return _blocked(q, k, v, kv_mask, scale, block)
+        if block is not None:
+            return _blocked(q, k, v, kv_mask, scale, block,
+                            None if key_bias is None else _per_key(key_bias)[:, None, None, :])
+    if key_bias is not None:  # [B or 1, 1, 1, Lk], with any other bias
+        kb = _per_key(key_bias)[:, None, None, :]
+        bias = kb if bias is None else bias.astype(jnp.float32) + kb
+    if impl in ("xla", "splash"):
+        return _dense(q, k, v, kv_mask, bias, scale)
     mask = None if kv_mask is None else kv_mask[:, None, None, :]
     out = jax.nn.dot_product_attention(
         q, k.astype(q.dtype), v.astype(q.dtype), bias=None if bias is None else bias.astype(q.dtype),

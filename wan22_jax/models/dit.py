@@ -190,7 +190,17 @@ class SelfAttention(nnx.Module):
 
 
 class CrossAttention(SelfAttention):
-    """Video tokens attend to all text_len embedded text rows, unmasked (the zero-padded rows included)."""
+    """Video tokens attend to all text_len embedded text rows, unmasked (the zero-padded rows included).
+
+    The zero rows that pad a prompt to text_len embed to identical keys and values, so `WanModel.encode_context`
+    embeds one of them: K/V then have Lk = min(Lc + 1, text_len) rows, the last standing for text_len - Lk + 1
+    equal rows. Attending to it once with logits + log(its count) is the same softmax (exact, not an
+    approximation); with Lk == text_len the count is 1 and the bias 0.
+    """
+
+    def __init__(self, cfg: DiTConfig, *, dtype, param_dtype, stack, rngs):
+        super().__init__(cfg, dtype=dtype, param_dtype=param_dtype, stack=stack, rngs=rngs)
+        self.text_len = cfg.text_len
 
     def kv(self, context):
         # context [B, Lc, D] -> k, v [B, Lc, N, d], computable once per generation
@@ -199,8 +209,17 @@ class CrossAttention(SelfAttention):
     def __call__(self, x, kv, attn_impl):
         k, v = kv
         q = shard(self._heads(self.norm_q(self.q(x))), ("batch", "tokens", "heads", None))
-        out = attention(q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype), impl=attn_impl)
+        out = attention(q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype),
+                        key_bias=padding_key_bias(k.shape[1], self.text_len), impl=attn_impl)
         return self.o(out.astype(q.dtype).reshape(x.shape[0], x.shape[1], -1))
+
+
+def padding_key_bias(lk: int, text_len: int):
+    """[Lk] fp32 logits bias for text K/V whose last row stands for text_len - Lk + 1 equal padding rows (see
+    CrossAttention), or None when that count is 1."""
+    if lk >= text_len:
+        return None
+    return jnp.zeros((lk,), jnp.float32).at[-1].set(math.log(text_len - lk + 1))
 
 
 # ------------------------------------------------------------------------------------------------ block
@@ -275,7 +294,7 @@ class BlockInputs(NamedTuple):
     e0: jax.Array  # [B, G, 6, D] time projection (block modulation)
     cos: jax.Array
     sin: jax.Array
-    context_kv: tuple  # (k, v), each [layers, B, text_len, N, d]
+    context_kv: tuple  # (k, v), each [layers, B, Lk, N, d], Lk = min(Lc + 1, text_len) (see CrossAttention)
     kv_mask: Any  # [B, L] bool or None
     grid: tuple  # (F', H', W') patches
     per_frame: int  # unpadded tokens per frame
@@ -287,7 +306,8 @@ class WanModel(nnx.Module):
     Args (of __call__):
       x: [B, in_dim - y_channels, F, H, W] noisy latent.
       t: [B] or [B, F/pt] (one per latent frame) or [B, L] (one per token) timesteps in [0, 1000].
-      context: [B, Lc, text_dim] text embeddings, Lc <= text_len; zero-padded to text_len here (official).
+      context: [B, Lc, text_dim] text embeddings, Lc <= text_len; zero-padded to text_len (official), which
+        is computed as one padding row standing for all of them (exact; see CrossAttention).
       y: optional [B, C_y, F, H, W] conditioning concatenated on channels (i2v: mask + image latent).
       context_kv: precomputed `encode_context(context)` to reuse across denoising steps (then `context` is unused).
       kv_mask: optional [B, L] bool, False for padded tokens that self-attention must ignore.
@@ -338,12 +358,15 @@ class WanModel(nnx.Module):
         return e, e0.reshape(*e0.shape[:-1], 6, self.cfg.dim)
 
     def encode_context(self, context):
-        """Text embedding and the per-layer cross-attention keys/values: k, v [layers, B, text_len, N, d]."""
+        """Text embedding and the per-layer cross-attention keys/values: k, v [layers, B, Lk, N, d].
+
+        The official model zero-pads the context to text_len; those rows all embed alike, so one is embedded
+        (Lk = min(Lc + 1, text_len)) and cross-attention counts it text_len - Lk + 1 times."""
         cfg = self.cfg
         b, lc, dt = context.shape
         if dt != cfg.text_dim or lc > cfg.text_len:
             raise InputError(f"context has shape {context.shape}; expected [B, <= {cfg.text_len}, {cfg.text_dim}]")
-        context = jnp.pad(context, ((0, 0), (0, cfg.text_len - lc), (0, 0)))
+        context = jnp.pad(context, ((0, 0), (0, min(lc + 1, cfg.text_len) - lc), (0, 0)))
         c = self.text_embedding["2"](jax.nn.gelu(self.text_embedding["0"](context), approximate=True))
         graphdef, state = nnx.split(self.blocks)
 

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from wan22_jax.kernels import cpu_sgemm
+
 LAYERS = "layers"
 
 
@@ -57,7 +59,8 @@ class Linear(nnx.Module):
     """y = x @ kernel + bias, kernel [in, out] (torch's weight transposed).
 
     The matmul runs in `dtype` (the compute dtype: bf16 for speed, fp32 for parity) with fp32 accumulation
-    where the backend allows; the output is in `dtype`.
+    where the backend allows; the output is in `dtype`. fp32 matmuls on a CPU run MKL's sgemm when installed
+    (`wan22_jax.kernels.cpu_sgemm`).
     """
 
     def __init__(self, in_features: int, out_features: int, *, axes: tuple[str | None, str | None],
@@ -68,7 +71,7 @@ class Linear(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        y = cpu_sgemm.matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y

@@ -1,0 +1,229 @@
+"""fp32 matmuls on the CPU through MKL's sgemm: an XLA FFI custom call (`cpu_sgemm.cc`), split over XLA's own
+intra-op threads, each piece a single-threaded MKL call.
+
+Why: on x86 CPUs MKL's sgemm is 1.25-1.3x faster than XLA:CPU's dot lowerings (YNNPACK, oneDNN or its own) at the
+DiT's shapes, and the official code (torch) runs on MKL. A BLAS with a thread pool of its own spins against XLA's
+threads (both slow down by a third when they alternate); single-threaded MKL on XLA's threads does not.
+
+Used by `Linear` and the "xla" attention whenever both operands are fp32, the backend is the CPU, one device is
+visible and no mesh is set (a custom call has no sharding rule), and MKL is installed (`pip install mkl`, the
+`cpu` extra). Everything else, and `WAN22_CPU_MATMUL=xla`, takes XLA's dot. The kernel is compiled with the
+system's C++ compiler against jaxlib's FFI headers on first use and cached (`$WAN22_KERNEL_CACHE`, default
+~/.cache/wan22_jax/kernels); if MKL or the compiler is missing, XLA's dot is used and `status()` says why.
+Gradients (custom_vjp) are XLA dots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import glob
+import hashlib
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ENV = "WAN22_CPU_MATMUL"  # "mkl" (the default: used when available) or "xla"
+TARGET = "wan22_cpu_sgemm"
+ATTENTION_TARGET = "wan22_cpu_attention"
+# Products of fewer rows (the time-embedding MLP's one row per timestep) stay on XLA's dot: nothing to gain, and
+# MKL's small-M paths round differently for 1 and 3 rows, which would make a scalar t and an equal per-frame t
+# give different last bits.
+MIN_ROWS = 16
+MKL_THREADING_SEQUENTIAL = 1  # mkl_service.h: MKL_THREADING_INTEL 0, SEQUENTIAL 1, PGI 2, GNU 3, TBB 4
+_SOURCE = Path(__file__).with_name("cpu_sgemm.cc")
+_lock = threading.Lock()
+_state: dict = {}  # ok: bool, why: str, libs: the loaded libraries (kept alive)
+_enabled = threading.local()
+
+
+def _mkl_library() -> Path:
+    explicit = os.environ.get("WAN22_MKL_LIBRARY")
+    if explicit:
+        return Path(explicit)
+    for prefix in dict.fromkeys([sys.prefix, sys.base_prefix, "/usr", "/usr/local"]):
+        found = sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")))
+        if found:
+            return Path(found[0])
+    raise FileNotFoundError("MKL is not installed (no libmkl_rt.so under the Python prefix; `pip install mkl`)")
+
+
+def _compiled_kernel() -> Path:
+    """The shared library built from cpu_sgemm.cc for this jaxlib, compiled once and cached by content hash."""
+    import jaxlib
+    source = _SOURCE.read_bytes()
+    # -march=native: the key names this CPU's instruction sets too (a cache folder may be shared between hosts)
+    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "") \
+        if Path("/proc/cpuinfo").exists() else platform.processor()
+    key = hashlib.sha256(source + jaxlib.__version__.encode() + flags.encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("WAN22_KERNEL_CACHE", Path.home() / ".cache" / "wan22_jax" / "kernels"))
+    out = cache / f"cpu_sgemm-{key}.so"
+    if out.is_file():
+        return out
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache, suffix=".so.tmp")
+    os.close(fd)
+    # -fno-trapping-math lets GCC vectorise the attention's exp loop (10x); nothing here reads FP exceptions
+    cmd = [os.environ.get("CXX", "c++"), "-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno",
+           "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-w",
+           f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", tmp]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"compiling the CPU sgemm kernel failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
+        os.replace(tmp, out)  # atomic: a concurrent build or an interrupted one never leaves a partial library
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def _load() -> None:
+    mkl = ctypes.CDLL(str(_mkl_library()))
+    mkl.MKL_Set_Threading_Layer.argtypes = [ctypes.c_int]
+    mkl.MKL_Set_Threading_Layer(MKL_THREADING_SEQUENTIAL)  # before any other MKL call in this library
+    kernel = ctypes.CDLL(str(_compiled_kernel()))
+    kernel.wan22_set_sgemm.argtypes = [ctypes.c_void_p]
+    kernel.wan22_set_sgemm(ctypes.cast(mkl.sgemm_, ctypes.c_void_p).value)
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(kernel.Wan22CpuSgemm), platform="cpu")
+    jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(kernel.Wan22CpuAttention), platform="cpu")
+    _state["libs"] = (mkl, kernel)
+
+
+def available() -> bool:
+    """Whether the MKL kernel is loaded (loading it on the first call)."""
+    with _lock:
+        if "ok" not in _state:
+            if os.environ.get(ENV, "mkl") == "xla":
+                _state.update(ok=False, why=f"{ENV}=xla")
+            elif os.environ.get(ENV, "mkl") != "mkl":
+                raise ValueError(f"{ENV}={os.environ[ENV]!r}: expected 'mkl' or 'xla'")
+            else:
+                try:
+                    _load()
+                    _state.update(ok=True, why="")
+                except (OSError, RuntimeError, AttributeError) as err:
+                    _state.update(ok=False, why=str(err).splitlines()[0])
+    return _state["ok"]
+
+
+def status() -> str:
+    """'mkl', or 'xla (<why the kernel is not used>)'."""
+    return "mkl" if available() else f"xla ({_state['why']})"
+
+
+@contextlib.contextmanager
+def disabled():
+    """Trace with XLA's dot inside this block (jit decides at trace time: use a function not traced before)."""
+    old = getattr(_enabled, "off", False)
+    _enabled.off = True
+    try:
+        yield
+    finally:
+        _enabled.off = old
+
+
+def use_for(a: jax.Array, w: jax.Array) -> bool:
+    """Whether a matmul of these operands goes through the kernel (decided at trace time)."""
+    rows = math.prod(a.shape[:-1]) if w.ndim == 2 else a.shape[-2]
+    return (a.dtype == jnp.float32 and w.dtype == jnp.float32 and not getattr(_enabled, "off", False)
+            and rows >= MIN_ROWS and a.size > 0 and w.size > 0 and max(a.shape[-2:] + w.shape[-2:]) < 2**31
+            and jax.default_backend() == "cpu" and jax.device_count() == 1
+            and jax.sharding.get_abstract_mesh().empty and available())
+
+
+def _call(a, w, transpose_w: bool):
+    n = w.shape[-2] if transpose_w else w.shape[-1]
+    out = jax.ShapeDtypeStruct(a.shape[:-1] + (n,), jnp.float32)
+    return jax.ffi.ffi_call(TARGET, out, vmap_method="broadcast_all")(a, w, transpose_w=transpose_w)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _sgemm(a, w, transpose_w):
+    return _call(a, w, transpose_w)
+
+
+def _sgemm_fwd(a, w, transpose_w):
+    return _call(a, w, transpose_w), (a, w)
+
+
+def _sgemm_bwd(transpose_w, res, g):
+    a, w = res
+    wk = jnp.swapaxes(w, -1, -2) if transpose_w else w  # [..., K, N]
+    da = jnp.matmul(g, jnp.swapaxes(wk, -1, -2))
+    dw = jnp.matmul(jnp.swapaxes(a, -1, -2), g)
+    if w.ndim == 2 and dw.ndim > 2:
+        dw = dw.sum(axis=tuple(range(dw.ndim - 2)))
+    return da, (jnp.swapaxes(dw, -1, -2) if transpose_w else dw)
+
+
+_sgemm.defvjp(_sgemm_fwd, _sgemm_bwd)
+
+
+def matmul(a: jax.Array, w: jax.Array, *, transpose_w: bool = False) -> jax.Array:
+    """a [..., M, K] @ w [K, N] or [..., K, N] (w [..., N, K] with transpose_w), fp32 accumulation.
+
+    MKL when `use_for(a, w)` and w is 2-D or has a's batch dims; XLA's dot otherwise (same result to rounding).
+    With a 2-D w every leading axis of a counts as rows of one product.
+    """
+    if use_for(a, w) and (w.ndim == 2 or w.shape[:-2] == a.shape[:-2]):
+        if w.ndim == 2 and a.ndim > 2:  # a Linear: all leading axes are rows of one product
+            return _sgemm(a.reshape(-1, a.shape[-1]), w, transpose_w).reshape(*a.shape[:-1], -1)
+        return _sgemm(a, w, transpose_w)
+    return jnp.matmul(a, jnp.swapaxes(w, -1, -2) if transpose_w else w)
+
+
+# --------------------------------------------------------------------------------------- fused attention
+def attention_block(lk: int) -> int:
+    """Query rows per piece of the fused attention: one head's [rows, Lk] fp32 logits in ~1 MB (a core's L2),
+    at most 160 (measured on a 2-core Xeon: 160-400 rows run alike at 1,600 keys, 160 is best at 301)."""
+    return int(min(160, max(32, (2**20 // 4) // max(lk, 1) // 16 * 16)))
+
+
+def _attention_reference(q, k, v, bias, scale):
+    logits = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32) * scale
+    b = bias[:, None, None, :]
+    logits = jnp.where(b == -jnp.inf, jnp.finfo(jnp.float32).min, logits + jnp.where(b == -jnp.inf, 0.0, b))
+    p = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    out = jnp.einsum("bnqk,bknd->bqnd", p, v, preferred_element_type=jnp.float32)
+    return out / jnp.swapaxes(jnp.sum(p, axis=-1), 1, 2)[..., None]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attention(q, k, v, bias, scale):
+    return jax.ffi.ffi_call(ATTENTION_TARGET, jax.ShapeDtypeStruct(q.shape, jnp.float32),
+                            vmap_method="broadcast_all")(q, k, v, bias, scale=np.float32(scale),
+                                                         block=np.int64(attention_block(k.shape[1])))
+
+
+def _attention_fwd(q, k, v, bias, scale):
+    return _attention(q, k, v, bias, scale), (q, k, v, bias)
+
+
+def _attention_bwd(scale, res, g):
+    _, vjp = jax.vjp(lambda q, k, v, b: _attention_reference(q, k, v, b, scale), *res)
+    return vjp(g)
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, scale: float) -> jax.Array:
+    """softmax(scale * q k^T + bias) v per head, fused so that the logits stay in cache (fp32, on MKL).
+
+    q [B, Lq, N, d], k and v [B, Lk, N, d], bias [B or 1, Lk] fp32 per key, -inf for a masked key.
+    Call only where `use_for` holds for q's per-head rows and k (see models/attention.py).
+    """
+    if not available():
+        raise RuntimeError(f"the CPU attention kernel is not loaded: {status()}")
+    return _attention(q, k, v, bias, float(scale))

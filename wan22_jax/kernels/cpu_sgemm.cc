@@ -5,9 +5,10 @@
 // gets it for free. A BLAS with its own thread pool would spin against XLA's threads; a single-threaded BLAS
 // called from XLA's pool does not.
 //
-// Wan22CpuSgemm: c[b] = a[b] @ op(w[b]) for row-major a [B, M, K], w [B or 1, K, N] (or [B or 1, N, K] with transpose_w),
-// c [B, M, N]. The work is cut into whole batch entries when they share out evenly over the threads, else into
-// row blocks of each product too; every piece is one sgemm call, so results do not depend on thread timing.
+// Wan22CpuSgemm: c[b] = a[b] @ op(w[b]) for row-major a [B, M, K], w [B or 1, K, N] (or [B or 1, N, K] with
+// transpose_w), c [B, M, N]. The work is cut into whole batch entries when they share out evenly over the
+// threads, else into row blocks of each product too; every piece is one sgemm call, so results do not depend on
+// thread timing.
 #include <algorithm>
 #include <atomic>
 #include <cfloat>
@@ -30,7 +31,26 @@ extern "C" void wan22_set_sgemm(void* fn) { g_sgemm = reinterpret_cast<sgemm_fn>
 
 namespace {
 
+// Runs job->Run(piece, scratch) for every piece on the caller and up to threads - 1 of XLA's pool threads.
+// Helpers hold the job by value: one that starts after the caller has finished every piece finds none left.
+template <class J>
+void RunPieces(ffi::ThreadPool& pool, std::shared_ptr<J> job, int64_t pieces) {
+  job->pieces = pieces;
+  auto work = [job]() {
+    typename J::Scratch scratch;
+    for (int64_t p; (p = job->next.fetch_add(1)) < job->pieces;) {
+      job->Run(p, scratch);
+      job->done.fetch_add(1);
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()), pieces) - 1;
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work]() { work(); });  // Schedule takes a temporary
+  work();
+  while (job->done.load() < pieces) std::this_thread::yield();
+}
+
 struct Job {
+  struct Scratch {};
   const float* a;
   const float* w;
   float* c;
@@ -40,7 +60,7 @@ struct Job {
   int64_t pieces, rows_split;
   std::atomic<int64_t> next{0}, done{0};
 
-  void Run(int64_t p) const {
+  void Run(int64_t p, Scratch&) const {
     const int64_t b = p / rows_split, r = p % rows_split;
     const int m0 = static_cast<int>(m * r / rows_split);
     const int rows = static_cast<int>(m * (r + 1) / rows_split) - m0;
@@ -52,13 +72,6 @@ struct Job {
       const float* wp = w + (w_batch == 1 ? 0 : b) * int64_t{k} * n;
       float* cp = c + b * int64_t{m} * n + int64_t{m0} * n;
       g_sgemm(transpose_w ? "T" : "N", "N", &n, &rows, &k, &one, wp, &ldw, ap, &lda, &zero, cp, &ldc);
-    }
-  }
-
-  void Work() {
-    for (int64_t p; (p = next.fetch_add(1)) < pieces;) {
-      Run(p);
-      done.fetch_add(1);
     }
   }
 };
@@ -85,13 +98,9 @@ ffi::Error Sgemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi:
     return ffi::Error::InvalidArgument("wan22 cpu_sgemm: the weight's batch must be 1 or the input's");
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   // whole products when they share out evenly; else row blocks too (of at least 64 rows, to keep a kernel busy)
-  job->rows_split = job->batch % threads == 0 ? 1 : std::max<int64_t>(1, std::min<int64_t>(threads, job->m / 64));
-  job->pieces = job->batch * job->rows_split;
-  const int64_t helpers = std::min(threads, job->pieces) - 1;
-  // helpers hold the job by value: one that starts after the caller has finished every piece finds none left
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([job]() { job->Work(); });
-  job->Work();
-  while (job->done.load() < job->pieces) std::this_thread::yield();
+  job->rows_split =
+      job->batch % threads == 0 ? 1 : std::max<int64_t>(1, std::min<int64_t>(threads, job->m / 64));
+  RunPieces(pool, job, job->batch * job->rows_split);
   return ffi::Error::Success();
 }
 
@@ -99,11 +108,11 @@ using Buffer4 = ffi::Buffer<ffi::F32, 4>;  // aliases: a template's comma would 
 using Result4 = ffi::ResultBuffer<ffi::F32, 4>;
 using Buffer2 = ffi::Buffer<ffi::F32, 2>;
 
-// Wan22CpuAttention, fused attention for one (example, head, block of query rows) at a time: logits = scale * Q K^T into a buffer
-// that stays in this core's cache, per-key bias (or -inf: a masked key, whose logit becomes -FLT_MAX as in the
-// reference), row max, p = exp(logits - max), O = P V, O /= rowsum(p): the "xla" implementation's blocked
-// algorithm, with the logits never leaving the cache. q [B, Lq, H, d], k and v [B, Lk, H, d], out like q,
-// bias [Bb, Lk] with Bb 1 or B.
+// Wan22CpuAttention, fused attention for one (example, head, block of query rows) at a time:
+// logits = scale * Q K^T into a buffer that stays in this core's cache, per-key bias (or -inf: a masked key,
+// whose logit becomes -FLT_MAX as in the reference), row max, p = exp(logits - max), O = P V, O /= rowsum(p):
+// the "xla" implementation's blocked algorithm, with the logits never leaving the cache.
+// q [B, Lq, H, d], k and v [B, Lk, H, d], out like q, bias [Bb, Lk] with Bb 1 or B.
 
 // exp(x) for x <= 0, vectorisable: Cephes' expf (range reduction by ln 2, degree-5 polynomial; 5e-7 relative);
 // below -87.3 (a key 87 logits under the row's max, or masked) the weight is 0.
@@ -123,13 +132,14 @@ static inline float ExpNonPositive(float x) {
 }
 
 struct AttentionJob {
+  using Scratch = std::vector<float>;  // one piece's logits, reused by a thread's pieces
   const float *q, *k, *v, *bias;
   float* out;
-  int64_t batch, heads, lq, lk, d, bias_batch, block, blocks;
+  int64_t batch, heads, lq, lk, d, bias_batch, block, blocks, pieces;
   float scale;
   std::atomic<int64_t> next{0}, done{0};
 
-  void Run(int64_t p, std::vector<float>& logits) const {
+  void Run(int64_t p, Scratch& logits) const {
     const int64_t qb = p % blocks, bh = p / blocks, h = bh % heads, b = bh / heads;
     const int rows = static_cast<int>(std::min(block, lq - qb * block));
     const int nk = static_cast<int>(lk), nd = static_cast<int>(d), ld = static_cast<int>(heads * d);
@@ -169,14 +179,6 @@ struct AttentionJob {
       for (int j = 0; j < nd; ++j) o[j] *= inv[i];
     }
   }
-
-  void Work() {
-    std::vector<float> logits;
-    for (int64_t p; (p = next.fetch_add(1)) < batch * heads * blocks;) {
-      Run(p, logits);
-      done.fetch_add(1);
-    }
-  }
 };
 
 ffi::Error Attention(ffi::ThreadPool pool, Buffer4 q, Buffer4 k, Buffer4 v, Buffer2 bias,
@@ -198,12 +200,7 @@ ffi::Error Attention(ffi::ThreadPool pool, Buffer4 q, Buffer4 k, Buffer4 v, Buff
   job->block = std::max<int64_t>(1, block);
   job->blocks = (job->lq + job->block - 1) / job->block;
   job->scale = scale;
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  const int64_t pieces = job->batch * job->heads * job->blocks;
-  const int64_t helpers = std::min(threads, pieces) - 1;
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([job]() { job->Work(); });
-  job->Work();
-  while (job->done.load() < pieces) std::this_thread::yield();
+  RunPieces(pool, job, job->batch * job->heads * job->blocks);
   return ffi::Error::Success();
 }
 

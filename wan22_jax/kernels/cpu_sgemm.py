@@ -133,19 +133,31 @@ def disabled():
         _enabled.off = old
 
 
-def use_for(a: jax.Array, w: jax.Array) -> bool:
-    """Whether a matmul of these operands goes through the kernel (decided at trace time)."""
-    rows = math.prod(a.shape[:-1]) if w.ndim == 2 else a.shape[-2]
-    return (a.dtype == jnp.float32 and w.dtype == jnp.float32 and not getattr(_enabled, "off", False)
-            and rows >= MIN_ROWS and a.size > 0 and w.size > 0 and max(a.shape[-2:] + w.shape[-2:]) < 2**31
+def _eligible(arrays, rows: int) -> bool:
+    return (all(x.dtype == jnp.float32 and x.size > 0 and max(x.shape) < 2**31 for x in arrays)
+            and rows >= MIN_ROWS and not getattr(_enabled, "off", False)
             and jax.default_backend() == "cpu" and jax.device_count() == 1
             and jax.sharding.get_abstract_mesh().empty and available())
+
+
+def use_for(a: jax.Array, w: jax.Array) -> bool:
+    """Whether a matmul of these operands goes through the kernel (decided at trace time)."""
+    return _eligible((a, w), math.prod(a.shape[:-1]) if w.ndim == 2 else a.shape[-2])
+
+
+def use_for_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> bool:
+    """Whether `attention` runs for these [B, L, N, d] operands (each head's products have Lq rows)."""
+    return _eligible((q, k, v), q.shape[1])
 
 
 def _call(a, w, transpose_w: bool):
     n = w.shape[-2] if transpose_w else w.shape[-1]
     out = jax.ShapeDtypeStruct(a.shape[:-1] + (n,), jnp.float32)
     return jax.ffi.ffi_call(TARGET, out, vmap_method="broadcast_all")(a, w, transpose_w=transpose_w)
+
+
+def _xla_matmul(a, w, transpose_w: bool):
+    return jnp.matmul(a, jnp.swapaxes(w, -1, -2) if transpose_w else w)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -158,13 +170,8 @@ def _sgemm_fwd(a, w, transpose_w):
 
 
 def _sgemm_bwd(transpose_w, res, g):
-    a, w = res
-    wk = jnp.swapaxes(w, -1, -2) if transpose_w else w  # [..., K, N]
-    da = jnp.matmul(g, jnp.swapaxes(wk, -1, -2))
-    dw = jnp.matmul(jnp.swapaxes(a, -1, -2), g)
-    if w.ndim == 2 and dw.ndim > 2:
-        dw = dw.sum(axis=tuple(range(dw.ndim - 2)))
-    return da, (jnp.swapaxes(dw, -1, -2) if transpose_w else dw)
+    _, vjp = jax.vjp(lambda a, w: _xla_matmul(a, w, transpose_w), *res)
+    return vjp(g)
 
 
 _sgemm.defvjp(_sgemm_fwd, _sgemm_bwd)
@@ -180,7 +187,7 @@ def matmul(a: jax.Array, w: jax.Array, *, transpose_w: bool = False) -> jax.Arra
         if w.ndim == 2 and a.ndim > 2:  # a Linear: all leading axes are rows of one product
             return _sgemm(a.reshape(-1, a.shape[-1]), w, transpose_w).reshape(*a.shape[:-1], -1)
         return _sgemm(a, w, transpose_w)
-    return jnp.matmul(a, jnp.swapaxes(w, -1, -2) if transpose_w else w)
+    return _xla_matmul(a, w, transpose_w)
 
 
 # --------------------------------------------------------------------------------------- fused attention
@@ -222,7 +229,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, scale: 
     """softmax(scale * q k^T + bias) v per head, fused so that the logits stay in cache (fp32, on MKL).
 
     q [B, Lq, N, d], k and v [B, Lk, N, d], bias [B or 1, Lk] fp32 per key, -inf for a masked key.
-    Call only where `use_for` holds for q's per-head rows and k (see models/attention.py).
+    Call only where `use_for_attention(q, k, v)` holds (see models/attention.py).
     """
     if not available():
         raise RuntimeError(f"the CPU attention kernel is not loaded: {status()}")

@@ -153,9 +153,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, kv_mask: jax.Array | 
     if key_bias is not None and q.dtype != jnp.float32:
         impl = "xla"  # the other kernels take the bias in q's dtype: a bf16 log-count is 2 % off
     if impl in ("xla", "splash"):
-        b, lq, n, _ = q.shape
-        per_head_q = jax.ShapeDtypeStruct((b, n, lq, d), q.dtype)  # the rows one head's products see
-        if bias is None and v.dtype == k.dtype and cpu_sgemm.use_for(per_head_q, k):
+        if bias is None and cpu_sgemm.use_for_attention(q, k, v):
             return _fused_cpu(q, k, v, kv_mask, key_bias, scale)
         block = query_block(q.shape[1], k.shape[1], q.shape[2]) if bias is None else None
         if block is not None:

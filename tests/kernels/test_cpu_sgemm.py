@@ -13,10 +13,17 @@ from flax import nnx
 from wan22_jax.kernels import cpu_sgemm
 from wan22_jax.models.dit import DIT_PRESETS, WanModel
 
-if os.environ.get("CI") and os.environ.get(cpu_sgemm.ENV, "mkl") == "mkl":
+if os.environ.get("CI") and os.environ.get(cpu_sgemm.ENV, "auto") != "xla":
     # CI installs the cpu extra: the kernel must load there, so that these tests cannot pass by skipping
     assert cpu_sgemm.available(), cpu_sgemm.status()
 pytestmark = pytest.mark.skipif(not cpu_sgemm.available(), reason=f"MKL kernel: {cpu_sgemm.status()}")
+
+
+@pytest.fixture
+def mkl_linears():
+    """The Linears' sgemm on MKL whatever the CPU (under 'auto' only Intel CPUs take it)."""
+    with cpu_sgemm.mode("mkl"):
+        yield
 
 
 def rel_err(a, b):
@@ -39,7 +46,7 @@ def _ref(a, w, transpose_w=False):
     ((3, 200, 64), (3, 64, 72), False),  # odd batch: products and rows both split
     ((2, 6, 128, 32), (2, 6, 300, 32), True),  # attention logits, K^T read in place
 ])
-def test_matches_float64_matmul(a_shape, w_shape, transpose_w):
+def test_matches_float64_matmul(mkl_linears, a_shape, w_shape, transpose_w):
     rng = np.random.default_rng(0)
     a, w = _x(rng, *a_shape), _x(rng, *w_shape)
     assert cpu_sgemm.use_for(a, w)
@@ -49,7 +56,7 @@ def test_matches_float64_matmul(a_shape, w_shape, transpose_w):
     assert rel_err(got, _ref(a, w, transpose_w)) < 1e-6
 
 
-def test_vmap_and_gradients_equal_xla():
+def test_vmap_and_gradients_equal_xla(mkl_linears):
     rng = np.random.default_rng(1)
     a, w = _x(rng, 3, 40, 24), _x(rng, 24, 20)
     vm = jax.vmap(lambda x: cpu_sgemm.matmul(x, w))(a)
@@ -69,7 +76,7 @@ def test_vmap_and_gradients_equal_xla():
         assert rel_err(g, r) < 1e-5
 
 
-def test_not_used_where_it_must_not_be():
+def test_not_used_where_it_must_not_be(mkl_linears):
     rng = np.random.default_rng(2)
     a, w = _x(rng, 64, 32), _x(rng, 32, 16)
     assert cpu_sgemm.use_for(a, w)
@@ -81,7 +88,23 @@ def test_not_used_where_it_must_not_be():
     assert cpu_sgemm.status() == "mkl"
 
 
-def test_dit_forward_equals_the_xla_dot_forward():
+def test_auto_puts_linears_on_mkl_only_on_intel():
+    a, w = jnp.ones((64, 32)), jnp.ones((32, 16))
+    intel = cpu_sgemm.cpu_vendor() == "GenuineIntel"
+    with cpu_sgemm.mode("auto"):
+        assert cpu_sgemm.use_for(a, w) == intel
+        assert cpu_sgemm.use_for_attention(a[None, :, None], a[None, :, None], a[None, :, None])
+        assert cpu_sgemm.status().startswith("mkl")
+        assert ("wan22_cpu_sgemm" in jax.jit(cpu_sgemm.matmul).lower(a, w).as_text()) == intel
+    with cpu_sgemm.mode("xla"):
+        assert not cpu_sgemm.use_for_attention(a[None, :, None], a[None, :, None], a[None, :, None])
+        assert cpu_sgemm.status().startswith("xla")
+    with pytest.raises(ValueError, match="'mlk'"):
+        with cpu_sgemm.mode("mlk"):
+            pass
+
+
+def test_dit_forward_equals_the_xla_dot_forward(mkl_linears):
     """1,280 tokens (blocked self-attention), a short prompt (the padding row), fp32: MKL vs XLA's dots."""
     cfg = dataclasses.replace(DIT_PRESETS["tiny-t2v"], dim=64, num_heads=2, num_layers=2, text_len=32)
     graphdef, state = nnx.split(WanModel(cfg, rngs=nnx.Rngs(0)))

@@ -1,8 +1,11 @@
 """fp32 matmuls on the CPU through MKL's sgemm: an XLA FFI custom call (`cpu_sgemm.cc`), split over XLA's own
 intra-op threads, each piece a single-threaded MKL call.
 
-Why: on x86 CPUs MKL's sgemm is 1.25-1.3x faster than XLA:CPU's dot lowerings (YNNPACK, oneDNN or its own) at the
-DiT's shapes, and the official code (torch) runs on MKL. A BLAS with a thread pool of its own spins against XLA's
+Why: on Intel CPUs MKL's sgemm is 1.25-1.3x faster than XLA:CPU's dot lowerings (YNNPACK, oneDNN or its own) at
+the DiT's shapes, and the official code (torch) runs on MKL. On an AMD EPYC (Zen 4) it is the other way round
+(XLA's dot 154-178 GFLOP/s, MKL 100-150 at the DiT's shapes), so by default (`WAN22_CPU_MATMUL=auto`) the Linears
+take MKL only on Intel CPUs, while the fused attention (whose logits never leave the cache; 1.5x XLA's blocked
+attention on both) runs wherever the kernel loads. `WAN22_CPU_MATMUL=mkl` puts the Linears on MKL everywhere. A BLAS with a thread pool of its own spins against XLA's
 threads (both slow down by a third when they alternate); single-threaded MKL on XLA's threads does not.
 
 Used by `Linear` and the "xla" attention whenever both operands are fp32, the backend is the CPU, one device is
@@ -19,13 +22,9 @@ import contextlib
 import ctypes
 import functools
 import glob
-import hashlib
 import math
 import os
-import platform
-import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -33,7 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ENV = "WAN22_CPU_MATMUL"  # "mkl" (the default: used when available) or "xla"
+from wan22_jax.kernels import build
+
+ENV = "WAN22_CPU_MATMUL"  # "auto" (the default), "mkl" or "xla"
+MODES = ("auto", "mkl", "xla")
 TARGET = "wan22_cpu_sgemm"
 ATTENTION_TARGET = "wan22_cpu_attention"
 # Products of fewer rows (the time-embedding MLP's one row per timestep) stay on XLA's dot: nothing to gain, and
@@ -42,9 +44,7 @@ ATTENTION_TARGET = "wan22_cpu_attention"
 MIN_ROWS = 16
 MKL_THREADING_SEQUENTIAL = 1  # mkl_service.h: MKL_THREADING_INTEL 0, SEQUENTIAL 1, PGI 2, GNU 3, TBB 4
 _SOURCE = Path(__file__).with_name("cpu_sgemm.cc")
-_lock = threading.Lock()
-_state: dict = {}  # ok: bool, why: str, libs: the loaded libraries (kept alive)
-_enabled = threading.local()
+_override = threading.local()  # mode: a MODES entry set by `mode()`, read at trace time
 
 
 def _mkl_library() -> Path:
@@ -58,91 +58,91 @@ def _mkl_library() -> Path:
     raise FileNotFoundError("MKL is not installed (no libmkl_rt.so under the Python prefix; `pip install mkl`)")
 
 
-def _compiled_kernel() -> Path:
-    """The shared library built from cpu_sgemm.cc for this jaxlib, compiled once and cached by content hash."""
-    import jaxlib
-    source = _SOURCE.read_bytes()
-    # -march=native: the key names this CPU's instruction sets too (a cache folder may be shared between hosts)
-    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "") \
-        if Path("/proc/cpuinfo").exists() else platform.processor()
-    key = hashlib.sha256(source + jaxlib.__version__.encode() + flags.encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("WAN22_KERNEL_CACHE", Path.home() / ".cache" / "wan22_jax" / "kernels"))
-    out = cache / f"cpu_sgemm-{key}.so"
-    if out.is_file():
-        return out
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache, suffix=".so.tmp")
-    os.close(fd)
-    # -fno-trapping-math lets GCC vectorise the attention's exp loop (10x); nothing here reads FP exceptions
-    cmd = [os.environ.get("CXX", "c++"), "-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno",
-           "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-w",
-           f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", tmp]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode:
-            raise RuntimeError(f"compiling the CPU sgemm kernel failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
-        os.replace(tmp, out)  # atomic: a concurrent build or an interrupted one never leaves a partial library
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
-
-
-def _load() -> None:
+def _load():
     mkl = ctypes.CDLL(str(_mkl_library()))
     mkl.MKL_Set_Threading_Layer.argtypes = [ctypes.c_int]
     mkl.MKL_Set_Threading_Layer(MKL_THREADING_SEQUENTIAL)  # before any other MKL call in this library
-    kernel = ctypes.CDLL(str(_compiled_kernel()))
+    kernel = ctypes.CDLL(str(build.compile_library(_SOURCE)))
     kernel.wan22_set_sgemm.argtypes = [ctypes.c_void_p]
     kernel.wan22_set_sgemm(ctypes.cast(mkl.sgemm_, ctypes.c_void_p).value)
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(kernel.Wan22CpuSgemm), platform="cpu")
     jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(kernel.Wan22CpuAttention), platform="cpu")
-    _state["libs"] = (mkl, kernel)
+    return (mkl, kernel)
+
+
+def _env_mode() -> str:
+    value = os.environ.get(ENV, "auto")
+    if value not in MODES:
+        raise ValueError(f"{ENV}={value!r}: expected one of {', '.join(MODES)}")
+    return value
+
+
+def _mode() -> str:
+    return getattr(_override, "mode", None) or _env_mode()
+
+
+@functools.cache
+def cpu_vendor() -> str:
+    """/proc/cpuinfo's vendor_id (GenuineIntel, AuthenticAMD, ...), or '' where there is none."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")), "")
+
+
+_kernel = build.Lazy(_load)
 
 
 def available() -> bool:
-    """Whether the MKL kernel is loaded (loading it on the first call)."""
-    with _lock:
-        if "ok" not in _state:
-            if os.environ.get(ENV, "mkl") == "xla":
-                _state.update(ok=False, why=f"{ENV}=xla")
-            elif os.environ.get(ENV, "mkl") != "mkl":
-                raise ValueError(f"{ENV}={os.environ[ENV]!r}: expected 'mkl' or 'xla'")
-            else:
-                try:
-                    _load()
-                    _state.update(ok=True, why="")
-                except (OSError, RuntimeError, AttributeError) as err:
-                    _state.update(ok=False, why=str(err).splitlines()[0])
-    return _state["ok"]
+    """Whether the MKL kernel is loaded (loading it on the first call); False under `WAN22_CPU_MATMUL=xla`."""
+    if _mode() == "xla":
+        return False
+    return _kernel.ok()
+
+
+def linears_on_mkl() -> bool:
+    """Whether fp32 Linears go to MKL: always under mode 'mkl', only on Intel CPUs under 'auto' (see above)."""
+    return available() and (_mode() == "mkl" or cpu_vendor() == "GenuineIntel")
 
 
 def status() -> str:
-    """'mkl', or 'xla (<why the kernel is not used>)'."""
-    return "mkl" if available() else f"xla ({_state['why']})"
+    """'mkl' (Linears and attention), 'mkl attention, xla linears (...)', or 'xla (<why no kernel is used>)'."""
+    if _mode() == "xla":
+        return f"xla ({ENV}=xla)"
+    if not available():
+        return f"xla ({_kernel.why})"
+    if linears_on_mkl():
+        return "mkl"
+    return f"mkl attention, xla linears ({ENV}=auto on a {cpu_vendor() or 'non-Intel'} CPU)"
 
 
 @contextlib.contextmanager
-def disabled():
-    """Trace with XLA's dot inside this block (jit decides at trace time: use a function not traced before)."""
-    old = getattr(_enabled, "off", False)
-    _enabled.off = True
+def mode(name: str):
+    """Trace with `WAN22_CPU_MATMUL=name` inside this block (jit decides at trace time: use a function not
+    traced before)."""
+    if name not in MODES:
+        raise ValueError(f"mode {name!r}: expected one of {', '.join(MODES)}")
+    old = getattr(_override, "mode", None)
+    _override.mode = name
     try:
         yield
     finally:
-        _enabled.off = old
+        _override.mode = old
+
+
+def disabled():
+    """Trace with XLA's dots and attention inside this block (`mode('xla')`)."""
+    return mode("xla")
 
 
 def _eligible(arrays, rows: int) -> bool:
     return (all(x.dtype == jnp.float32 and x.size > 0 and max(x.shape) < 2**31 for x in arrays)
-            and rows >= MIN_ROWS and not getattr(_enabled, "off", False)
-            and jax.default_backend() == "cpu" and jax.device_count() == 1
+            and rows >= MIN_ROWS and jax.default_backend() == "cpu" and jax.device_count() == 1
             and jax.sharding.get_abstract_mesh().empty and available())
 
 
 def use_for(a: jax.Array, w: jax.Array) -> bool:
     """Whether a matmul of these operands goes through the kernel (decided at trace time)."""
-    return _eligible((a, w), math.prod(a.shape[:-1]) if w.ndim == 2 else a.shape[-2])
+    return _eligible((a, w), math.prod(a.shape[:-1]) if w.ndim == 2 else a.shape[-2]) and linears_on_mkl()
 
 
 def use_for_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> bool:

@@ -4,7 +4,9 @@ weights and latent, real widths.
 The official module is read from the fetched mirror at run time (never committed):
     python experiments/vae_speed/compare.py --which 2.2 --latent-frames 3 --size 8 \
         [--mirror /work/.mirror/Wan-Video+Wan2.2/repo] [--threads 2] [--repeats 3]
-Prints both medians, their ratio (ours / official) and the max relative difference of the outputs.
+Prints both medians, their ratio (ours / official; below 1: ours is faster), the median of the per-repeat paired
+ratios (robust to this machine's drifting throughput), which convolution ran (oneDNN through
+wan22_jax.kernels.cpu_conv, or XLA's) and the max relative difference of the outputs.
 """
 
 from __future__ import annotations
@@ -95,13 +97,15 @@ def main() -> int:
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
+    from wan22_jax.kernels import cpu_conv
     result = {"which": args.which, "latent": list(z.shape), "threads": args.threads, "jax": jax.__version__,
-              "torch": torch.__version__, "device": str(jax.devices()[0])}
+              "torch": torch.__version__, "device": str(jax.devices()[0]), "conv": cpu_conv.status()}
     for k, ts in times.items():
         result.update({f"{k}_median_s": statistics.median(ts), f"{k}_min_s": min(ts), f"{k}_times_s": ts})
     if not args.skip_official:
         result["ratio_median"] = result["ours_median_s"] / result["official_median_s"]
         result["ratio_min"] = result["ours_min_s"] / result["official_min_s"]
+        result["paired_ratio_median"] = statistics.median(a / b for a, b in zip(times["ours"], times["official"]))
         ref, mine = outs["official"].numpy(), np.asarray(outs["ours"])
         result["max_rel_diff"] = float(np.abs(mine - ref).max() / np.abs(ref).max())
     print(json.dumps(result))

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wan22_jax.bench.timing import device_description, emit, peak_bytes, time_compiled
+from wan22_jax.kernels import cpu_conv
 from wan22_jax.models.vae_blocks import preset
 from wan22_jax.models.vae_tiling import Tiling, _decode, _encode, random_vae
 
@@ -48,7 +49,9 @@ def main(args: argparse.Namespace) -> int:
         (args.batch, cfg.z_dim, 1 + (args.frames - 1) // 4, args.height // s, args.width // s)), jnp.float32)
 
     result = {"component": f"vae{args.which}", "device": device_description(), "dtype": args.dtype,
-              "tiled": bool(args.tiled), "video": list(video.shape), "latent": list(latent.shape)}
+              "tiled": bool(args.tiled), "video": list(video.shape), "latent": list(latent.shape),
+              # which fp32 convolution ran on a CPU: oneDNN's (wan22_jax.kernels.cpu_conv) or XLA's, and why
+              "cpu_fp32_conv": cpu_conv.status() if jax.default_backend() == "cpu" else None}
     enc = jax.jit(lambda st, v: _encode(graphdef, st, v, normalize=True, tiling=tiling, slice_batch=True))
     dec = jax.jit(lambda st, z: _decode(graphdef, st, z, normalize=True, tiling=tiling, slice_batch=True,
                                         clamp=True))

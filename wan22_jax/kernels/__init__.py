@@ -1,1 +1,2 @@
-"""Kernels that XLA does not provide: MKL sgemm for fp32 matmuls on the CPU (cpu_sgemm)."""
+"""Kernels that XLA:CPU does not provide, as XLA FFI custom calls compiled on first use (build.py): MKL's sgemm
+and a fused attention for fp32 matmuls (cpu_sgemm), oneDNN's fp32 convolutions for the VAEs (cpu_conv)."""

@@ -32,6 +32,7 @@ from flax import nnx
 from jax import lax
 
 from wan22_jax.errors import ConfigError
+from wan22_jax.kernels import cpu_conv
 from wan22_jax.models.attention import attention
 from wan22_jax.models.layers import Linear, fan_in_init, ones_init, param, zeros_init
 
@@ -182,7 +183,7 @@ def _precision(dtype) -> lax.Precision:
 # Frames of at least this many pixels use the per-tap 2-D formulation of conv3d on CPU (see conv3d).
 _TAPS_MIN_PIXELS = 32 * 32
 
-CONV_IMPLS = ("auto", "im2col")
+CONV_IMPLS = ("auto", "xla", "im2col")
 _conv_impl = ["auto"]
 
 
@@ -190,7 +191,8 @@ _conv_impl = ["auto"]
 def conv_impl(name: str):
     """Selects how the VAE's convolutions are lowered while tracing inside this block.
 
-    "auto": XLA convolutions (per-tap 2-D on CPU for large frames, see conv3d). "im2col": the kernel's taps
+    "auto": oneDNN's convolutions on CPU in fp32 where its kernel loads (`wan22_jax.kernels.cpu_conv`), XLA's
+    otherwise. "xla": XLA convolutions (per-tap 2-D on CPU for large frames, see conv3d). "im2col": the kernel's taps
     gathered into channels and one matmul. On CPU, for narrow layers (the mini-world VAE, width 16), the
     im2col form trains ~7x faster: XLA CPU's convolution gradients are far from its GEMM speed
     (experiments/mini_world/README.md). It holds taps x channels of activations, so keep it to narrow models.
@@ -220,7 +222,7 @@ def _im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], dtype)
 def conv3d(x: jax.Array, kernel: jax.Array, *, stride_t: int = 1, dtype=jnp.float32) -> jax.Array:
     """Convolution valid in time, 'same' in space (kernel sizes are odd), channels-last.
 
-    On CPU, a 3x3x3 kernel over frames of >= 32x32 pixels runs as the sum over its 3 temporal taps of 2-D
+    On CPU in fp32 with the oneDNN kernel loaded, one oneDNN convolution (see conv_impl). Otherwise, on CPU, a 3x3x3 kernel over frames of >= 32x32 pixels runs as the sum over its 3 temporal taps of 2-D
     convs on shifted frames (time folded into the batch): XLA CPU's 2-D convolutions are faster than its 3-D
     ones there (measured 1.2-1.4x at 32x32-64x64 frames, 256-512 channels, on 2 cores:
     experiments/vae_speed/conv_forms.py), while on small frames the single 3-D conv wins. Other backends keep
@@ -234,6 +236,8 @@ def conv3d(x: jax.Array, kernel: jax.Array, *, stride_t: int = 1, dtype=jnp.floa
     kt, kh, kw = kernel.shape[:3]
     b, t, h, w, c = x.shape
     x, kernel = x.astype(dtype), kernel.astype(dtype)
+    if _conv_impl[0] == "auto" and cpu_conv.use_for(x, kernel):
+        return cpu_conv.conv(x, kernel, (stride_t, 1, 1), ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)))
     if _conv_impl[0] == "im2col":
         x = jnp.pad(x, ((0, 0), (0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
         return _im2col_conv(x, kernel, (stride_t, 1, 1), dtype)
@@ -252,6 +256,9 @@ def conv3d(x: jax.Array, kernel: jax.Array, *, stride_t: int = 1, dtype=jnp.floa
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding, dtype=jnp.float32) -> jax.Array:
     """2-D convolution, channels-last: x [N, H, W, I], kernel [kh, kw, I, O] -> [N, H', W', O]."""
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    if _conv_impl[0] == "auto" and cpu_conv.use_for(x, kernel):
+        return cpu_conv.conv(x, kernel, (stride, stride), padding)
     if _conv_impl[0] == "im2col":
         x = jnp.pad(x.astype(dtype), ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
         return _im2col_conv(x, kernel.astype(dtype), (stride, stride), dtype)

@@ -7,6 +7,7 @@ to a temporary file and renamed into place: a concurrent or interrupted build ne
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -28,11 +29,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("WAN22_KERNEL_CACHE", Path.home() / ".cache" / "wan22_jax" / "kernels"))
 
 
-def _cpu_flags() -> str:
+@functools.cache
+def cpuinfo(field: str) -> str:
+    """The first /proc/cpuinfo value of `field` ('flags', 'vendor_id', ...), or '' where there is none."""
     info = Path("/proc/cpuinfo")
-    if info.exists():
-        return next((line for line in info.read_text().splitlines() if line.startswith("flags")), "")
-    return platform.processor()
+    lines = info.read_text().splitlines() if info.exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == field), "")
 
 
 def compile_library(source: Path, *, include_dirs: Sequence[str] = (), link_args: Sequence[str] = (),
@@ -41,7 +43,8 @@ def compile_library(source: Path, *, include_dirs: Sequence[str] = (), link_args
     import jaxlib
     compiler = os.environ.get("CXX", "c++")
     head = [compiler, *CFLAGS, *(f"-I{d}" for d in (jax.ffi.include_dir(), *include_dirs)), str(source)]
-    key = hashlib.sha256(source.read_bytes() + jaxlib.__version__.encode() + _cpu_flags().encode()
+    isa = cpuinfo("flags") or platform.processor()
+    key = hashlib.sha256(source.read_bytes() + jaxlib.__version__.encode() + isa.encode()
                          + " ".join([*head, *link_args]).encode() + key_extra).hexdigest()[:16]
     out = cache_dir() / f"{source.stem}-{key}.so"
     if out.is_file():

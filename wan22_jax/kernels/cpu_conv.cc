@@ -1,7 +1,7 @@
 // fp32 2-D/3-D convolution for XLA:CPU through oneDNN (its brgemm convolution, the one torch runs on x86).
 //
-// Why: XLA:CPU's convolutions reach 150-170 GFLOP/s at the VAE's 3x3(x3) layers on a 2-core AVX-512 machine,
-// oneDNN's 205-215 (experiments/vae_speed/conv_forms.py), and the VAE decode is almost all convolution.
+// Why: XLA:CPU's convolutions reach 145-170 GFLOP/s at the VAE's 3x3(x3) layers on a 2-core AVX-512 machine,
+// oneDNN's 160-215 (experiments/official/cpu_backends.py), and the VAE decode is almost all convolution.
 //
 // Wan22CpuConv: y = conv(x, w) for channels-last x [N, *S, C], w [*K, C, O], y [N, *S', O] with S of rank 2
 // or 3, per-axis strides and explicit low/high zero padding (XLA's conv_general_dilated without dilation or
@@ -48,8 +48,8 @@ struct Shape {
   }
   std::string Check() const {
     if (rank != 2 && rank != 3) return "expected 2 or 3 spatial axes";
-    if (x.size() != static_cast<size_t>(rank + 2) || w.size() != x.size() || strides.size() != static_cast<size_t>(rank) ||
-        lo.size() != strides.size() || hi.size() != strides.size())
+    const size_t n = static_cast<size_t>(rank);
+    if (x.size() != n + 2 || w.size() != x.size() || strides.size() != n || lo.size() != n || hi.size() != n)
       return "expected x [N, *S, C], w [*K, C, O], and strides and paddings per spatial axis";
     if (w[rank] != x[rank + 1]) return "the input's channels do not match the kernel's";
     for (int i = 0; i < rank; ++i)
@@ -101,10 +101,8 @@ std::mutex& ExecuteMutex() {
   return mutex;
 }
 
-std::vector<int64_t> Vec(ffi::Span<const int64_t> span) { return {span.begin(), span.end()}; }
-
-template <class D>
-std::vector<int64_t> Vec(const D& dims) { return {dims.begin(), dims.end()}; }
+template <class D>  // an FFI span of dimensions or attribute values
+std::vector<int64_t> Vec(const D& values) { return {values.begin(), values.end()}; }
 
 ffi::Error Fail(const std::string& what) { return ffi::Error::InvalidArgument("wan22 cpu_conv: " + what); }
 

@@ -1,8 +1,8 @@
 """fp32 2-D/3-D convolutions on the CPU through oneDNN: an XLA FFI custom call (`cpu_conv.cc`).
 
 Why: the VAE decode is almost all 3x3(x3) convolutions, and oneDNN's brgemm convolution (the one torch, so the
-official code, runs on x86) reaches 205-215 GFLOP/s where XLA:CPU's reach 150-170 (2-core AMD EPYC Zen 4,
-AVX-512; experiments/vae_speed/conv_forms.py). oneDNN comes from PyPI's `onednn-cpu-gomp` and
+official code, runs on x86) reaches 160-215 GFLOP/s where XLA:CPU's reach 145-170 (2-core AMD EPYC Zen 4,
+AVX-512; experiments/official/cpu_backends.py). oneDNN comes from PyPI's `onednn-cpu-gomp` and
 `onednn-devel-cpu-gomp` wheels (the `cpu` extra): the GNU-OpenMP build, whose threads are the process's
 libgomp team.
 
@@ -59,19 +59,21 @@ def _load():
 _kernel = build.Lazy(_load)
 
 
-def available() -> bool:
-    """Whether the oneDNN kernel is loaded (loading it on the first call); False under `WAN22_CPU_CONV=xla`."""
+def _env_mode() -> str:
     value = os.environ.get(ENV, "onednn")
     if value not in ("onednn", "xla"):
         raise ValueError(f"{ENV}={value!r}: expected 'onednn' or 'xla'")
-    if value == "xla":
-        return False
-    return _kernel.ok()
+    return value
+
+
+def available() -> bool:
+    """Whether the oneDNN kernel is loaded (loading it on the first call); False under `WAN22_CPU_CONV=xla`."""
+    return _env_mode() == "onednn" and _kernel.ok()
 
 
 def status() -> str:
     """'onednn', or 'xla (<why the kernel is not used>)'."""
-    if os.environ.get(ENV, "onednn") == "xla":
+    if _env_mode() == "xla":
         return f"xla ({ENV}=xla)"
     return "onednn" if available() else f"xla ({_kernel.why})"
 

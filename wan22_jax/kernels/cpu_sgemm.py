@@ -5,8 +5,9 @@ Why: on Intel CPUs MKL's sgemm is 1.25-1.3x faster than XLA:CPU's dot lowerings 
 the DiT's shapes, and the official code (torch) runs on MKL. On an AMD EPYC (Zen 4) it is the other way round
 (XLA's dot 154-178 GFLOP/s, MKL 100-150 at the DiT's shapes), so by default (`WAN22_CPU_MATMUL=auto`) the Linears
 take MKL only on Intel CPUs, while the fused attention (whose logits never leave the cache; 1.5x XLA's blocked
-attention on both) runs wherever the kernel loads. `WAN22_CPU_MATMUL=mkl` puts the Linears on MKL everywhere. A BLAS with a thread pool of its own spins against XLA's
-threads (both slow down by a third when they alternate); single-threaded MKL on XLA's threads does not.
+attention on both) runs wherever the kernel loads. `WAN22_CPU_MATMUL=mkl` puts the Linears on MKL everywhere.
+A BLAS with a thread pool of its own spins against XLA's threads (both slow down by a third when they alternate);
+single-threaded MKL on XLA's threads does not.
 
 Used by `Linear` and the "xla" attention whenever both operands are fp32, the backend is the CPU, one device is
 visible and no mesh is set (a custom call has no sharding rule), and MKL is installed (`pip install mkl`, the
@@ -81,12 +82,9 @@ def _mode() -> str:
     return getattr(_override, "mode", None) or _env_mode()
 
 
-@functools.cache
 def cpu_vendor() -> str:
     """/proc/cpuinfo's vendor_id (GenuineIntel, AuthenticAMD, ...), or '' where there is none."""
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.exists() else []
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")), "")
+    return build.cpuinfo("vendor_id")
 
 
 _kernel = build.Lazy(_load)

@@ -222,11 +222,11 @@ def _im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], dtype)
 def conv3d(x: jax.Array, kernel: jax.Array, *, stride_t: int = 1, dtype=jnp.float32) -> jax.Array:
     """Convolution valid in time, 'same' in space (kernel sizes are odd), channels-last.
 
-    On CPU in fp32 with the oneDNN kernel loaded, one oneDNN convolution (see conv_impl). Otherwise, on CPU, a 3x3x3 kernel over frames of >= 32x32 pixels runs as the sum over its 3 temporal taps of 2-D
-    convs on shifted frames (time folded into the batch): XLA CPU's 2-D convolutions are faster than its 3-D
-    ones there (measured 1.2-1.4x at 32x32-64x64 frames, 256-512 channels, on 2 cores:
-    experiments/vae_speed/conv_forms.py), while on small frames the single 3-D conv wins. Other backends keep
-    the single 3-D conv (one cuDNN call). Both are the same sum; only the fp32 rounding order differs.
+    On CPU in fp32 with the oneDNN kernel loaded, one oneDNN convolution (see conv_impl). Otherwise, on CPU, a
+    3x3x3 kernel over frames of >= 32x32 pixels runs as the sum over its 3 temporal taps of 2-D convs on shifted
+    frames (time folded into the batch): XLA CPU's 2-D convolutions are faster than its 3-D ones there
+    (measured 1.2-1.4x at 32x32-64x64 frames, 256-512 channels, on 2 cores: experiments/vae_speed/conv_forms.py),
+    while on small frames the single 3-D conv wins. Other backends keep the single 3-D conv (one cuDNN call). Both are the same sum; only the fp32 rounding order differs.
 
     Args:
       x: [B, T, H, W, I]; kernel: [kt, kh, kw, I, O].
@@ -260,10 +260,10 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding, dtype=j
     if _conv_impl[0] == "auto" and cpu_conv.use_for(x, kernel):
         return cpu_conv.conv(x, kernel, (stride, stride), padding)
     if _conv_impl[0] == "im2col":
-        x = jnp.pad(x.astype(dtype), ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-        return _im2col_conv(x, kernel.astype(dtype), (stride, stride), dtype)
+        x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+        return _im2col_conv(x, kernel, (stride, stride), dtype)
     return lax.conv_general_dilated(
-        x.astype(dtype), kernel.astype(dtype), window_strides=(stride, stride), padding=padding,
+        x, kernel, window_strides=(stride, stride), padding=padding,
         dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=_precision(dtype))
 
 

@@ -226,7 +226,8 @@ def conv3d(x: jax.Array, kernel: jax.Array, *, stride_t: int = 1, dtype=jnp.floa
     3x3x3 kernel over frames of >= 32x32 pixels runs as the sum over its 3 temporal taps of 2-D convs on shifted
     frames (time folded into the batch): XLA CPU's 2-D convolutions are faster than its 3-D ones there
     (measured 1.2-1.4x at 32x32-64x64 frames, 256-512 channels, on 2 cores: experiments/vae_speed/conv_forms.py),
-    while on small frames the single 3-D conv wins. Other backends keep the single 3-D conv (one cuDNN call). Both are the same sum; only the fp32 rounding order differs.
+    while on small frames the single 3-D conv wins. Other backends keep the single 3-D conv (one cuDNN call).
+    Both are the same sum; only the fp32 rounding order differs.
 
     Args:
       x: [B, T, H, W, I]; kernel: [kt, kh, kw, I, O].

@@ -144,12 +144,12 @@ def c_unknown_t5_field(tmp):
 
 
 def c_unknown_vae_field(tmp):
-    from wan22_jax.models.vae_blocks import VAEConfig
+    from wan22_jax.models.vae_config import VAEConfig
     config_from_dict(VAEConfig, {"version": "2.1", "dim": 8, "z_dim": 16, "use_gan": 1}, source="vae_config.json")
 
 
 def c_bad_vae_version(tmp):
-    from wan22_jax.models.vae_blocks import VAEConfig
+    from wan22_jax.models.vae_config import VAEConfig
     VAEConfig(version="3.0")
 
 
@@ -318,7 +318,7 @@ def test_fuzz_dit_config(raw):
 @given(st.dictionaries(st.sampled_from(["version", "dim", "z_dim", "dim_mult", "num_res_blocks", "attn_scales",
                                         "temperal_downsample", "dropout", "dec_dim", "nope"]), _values, max_size=6))
 def test_fuzz_vae_config(raw):
-    from wan22_jax.models.vae_blocks import VAEConfig
+    from wan22_jax.models.vae_config import VAEConfig
     try:
         config_from_dict(VAEConfig, raw, source="fuzz")
     except ConfigError:

@@ -27,6 +27,7 @@ from wan22_jax import conditioning as cond
 from wan22_jax.configs import TASK_FILE, TaskConfig, get_task, load_task_file, task_for_model_type
 from wan22_jax.errors import InputError
 from wan22_jax.models.dit import DiTConfig
+from wan22_jax.ops import XLA, Kernels, with_kernels
 from wan22_jax.samplers import ClassifierFreeGuidance, expert_switch, get_sampler, official_schedule
 from wan22_jax.samplers.loop import run_scan
 from wan22_jax.samplers.schedule import make_schedule
@@ -48,7 +49,6 @@ class DenoisePlan:
     frame_mask: tuple[float, ...] | None  # per-latent-frame multiplier of t (ti2v image mode)
     reinject_first_frame: bool
     batch_cfg: bool
-    attn_impl: str
     return_trajectory: bool
     check_finite: bool
     step_cache: Any = None  # a models.step_cache.StepCache, or None
@@ -83,8 +83,7 @@ def _denoise(graphdef, plan: DenoisePlan, states, x_T, context, context_null, y,
             tt = _model_time(t, plan, b)
             xm = x.astype(jnp.float32)
             out, c = cache.forward(model, caches[slot], jnp.concatenate([xm, xm]), jnp.concatenate([tt, tt]),
-                                   context_kv=kv, y=None if y is None else jnp.concatenate([y, y]),
-                                   attn_impl=plan.attn_impl)
+                                   context_kv=kv, y=None if y is None else jnp.concatenate([y, y]))
             caches = tuple(c if k == slot else old for k, old in enumerate(caches))
             return (out[:b], out[b:]), caches
 
@@ -93,12 +92,12 @@ def _denoise(graphdef, plan: DenoisePlan, states, x_T, context, context_null, y,
             xm = x.astype(jnp.float32)
             if plan.batch_cfg:
                 out = model(jnp.concatenate([xm, xm]), jnp.concatenate([tt, tt]), context_kv=kv,
-                            y=None if y is None else jnp.concatenate([y, y]), attn_impl=plan.attn_impl)
+                            y=None if y is None else jnp.concatenate([y, y]))
                 return out[:b], out[b:]
             kv_c = tuple(a[:, :b] for a in kv)
             kv_u = tuple(a[:, b:] for a in kv)
-            return (model(xm, tt, context_kv=kv_c, y=y, attn_impl=plan.attn_impl),
-                    model(xm, tt, context_kv=kv_u, y=y, attn_impl=plan.attn_impl))
+            return (model(xm, tt, context_kv=kv_c, y=y),
+                    model(xm, tt, context_kv=kv_u, y=y))
 
         return cached_velocity if cache is not None else velocity
 
@@ -158,7 +157,7 @@ class Wan22Pipeline:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, *, task: str | None = None,
                         dtype: Any = None, t5_dtype: Any = None, mesh=None,
-                        attn_impl: str = "xla") -> "Wan22Pipeline":
+                        kernels: Kernels = XLA) -> "Wan22Pipeline":
         """Loads an official release folder (by its file names), a Diffusers-layout DiT folder plus VAE/T5
         files, or our converted folder (`wan22 convert`).
 
@@ -191,7 +190,7 @@ class Wan22Pipeline:
         if dtype is None:
             dtype = jnp.float32 if own_task is not None and own_task.dtype == "float32" else jnp.bfloat16
         t5_dtype = dtype if t5_dtype is None else t5_dtype
-        models = {name: load_dit(folder, dtype=dtype, param_dtype=dtype, mesh=mesh)
+        models = {name: with_kernels(load_dit(folder, dtype=dtype, param_dtype=dtype, mesh=mesh), kernels)
                   for name, folder in folders.items()}
         dit_cfg = next(iter(models.values())).cfg
         if task:
@@ -204,8 +203,8 @@ class Wan22Pipeline:
         else:
             task_cfg = task_for_model_type(dit_cfg.model_type, len(models) == 2)
         experts = {name: nnx.split(m) for name, m in models.items()}
-        vae_model = load_vae(path, version=task_cfg.vae_version, dtype=jnp.float32)
-        text_encoder = _load_text_encoder(path, dit_cfg.text_len, t5_dtype, attn_impl)
+        vae_model = with_kernels(load_vae(path, version=task_cfg.vae_version, dtype=jnp.float32), kernels)
+        text_encoder = _load_text_encoder(path, dit_cfg.text_len, t5_dtype, kernels)
         pipe = cls(task_cfg, experts, dit_cfg, nnx.split(vae_model), vae_model.config, text_encoder, dtype=dtype)
         pipe.source = path
         return pipe if mesh is None else shard_pipeline(pipe, mesh)
@@ -228,7 +227,7 @@ class Wan22Pipeline:
         return context
 
     def vae_encode(self, video) -> jax.Array:
-        from wan22_jax.models.vae_tiling import encode
+        from wan22_jax.models.vae import encode
         return encode(*self.vae, jnp.asarray(video, jnp.float32), tiling=self.vae_tiling)
 
     def vae_decode(self, latents) -> jax.Array:
@@ -273,7 +272,7 @@ class Wan22Pipeline:
                  num_inference_steps: int | None = None, guidance_scale: float | Sequence[float] | None = None,
                  solver: str = "unipc", shift: float | None = None, eta: float = 0.0, seed: int = 0,
                  latents=None, prompt_embeds=None, negative_prompt_embeds=None, max_area: int | None = None,
-                 batch_cfg: bool = True, attn_impl: str = "xla", output_type: str = "video",
+                 batch_cfg: bool = True, output_type: str = "video",
                  return_trajectory: bool = False, progress: bool = True, step_cache=None) -> PipelineOutput:
         """Generates one video per prompt.
 
@@ -371,7 +370,7 @@ class Wan22Pipeline:
                                             num_train_timesteps=task.num_train_timesteps),
             two_experts=task.two_experts, boundary=task.boundary, num_train_timesteps=task.num_train_timesteps,
             frame_mask=None if frame_mask is None else tuple(float(v) for v in frame_mask),
-            reinject_first_frame=first_latent is not None, batch_cfg=batch_cfg, attn_impl=attn_impl,
+            reinject_first_frame=first_latent is not None, batch_cfg=batch_cfg,
             return_trajectory=return_trajectory, check_finite=True, step_cache=step_cache)
         states = tuple(self.experts[n][1] for n in (EXPERTS if task.two_experts else ("model",)))
         graphdef = next(iter(self.experts.values()))[0]
@@ -409,14 +408,14 @@ class Wan22Pipeline:
                                                              num_train_timesteps=self.task.num_train_timesteps)
 
 
-def _load_text_encoder(path: Path, text_len: int, dtype, attn_impl):
+def _load_text_encoder(path: Path, text_len: int, dtype, kernels):
     """The release's text encoder and tokenizer, or None when the folder has no tokenizer files."""
     from wan22_jax.text_encoder import TextEncoder
     tokenizer_dir = path / "google" / "umt5-xxl"
     if not tokenizer_dir.is_dir():
         return None
     return TextEncoder.from_pretrained(path, text_len=text_len, dtype=dtype, param_dtype=dtype,
-                                       attn_impl=attn_impl, tokenizer_path=tokenizer_dir)
+                                       kernels=kernels, tokenizer_path=tokenizer_dir)
 
 
 class _progress:

@@ -15,8 +15,8 @@ from wan22_jax.models.dit import DiTConfig
 from wan22_jax.models.t5 import T5Config, random_t5
 from wan22_jax.models.tokenizer import Tokenizer
 from wan22_jax.models.tokenizer_training import train_tokenizer
-from wan22_jax.models.vae_blocks import VAEConfig
-from wan22_jax.models.vae_tiling import random_vae
+from wan22_jax.models.vae_config import VAEConfig
+from wan22_jax.models.vae import random_vae
 from wan22_jax.pipeline import EXPERTS, Wan22Pipeline
 from wan22_jax.text_encoder import TextEncoder
 

@@ -373,7 +373,7 @@ def vae_decode(graphdef, state, latent, mesh: Mesh | None, **kwargs) -> jax.Arra
     """`vae_tiling.decode` with the latent split over the batch (data) and rows (fsdp x seq), the weights by the
     VAE rules; XLA carries the split through the convolutions (halo exchange at row borders), so the result
     equals the unsharded decode."""
-    from wan22_jax.models.vae_tiling import decode
+    from wan22_jax.models.vae import decode
     if mesh is None:
         return decode(graphdef, state, latent, **kwargs)
     state = place_state(state, "vae", mesh)

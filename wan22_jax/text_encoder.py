@@ -25,6 +25,7 @@ from wan22_jax.convert.t5 import load_t5
 from wan22_jax.errors import ConfigError, InputError
 from wan22_jax.models.t5 import T5Encoder
 from wan22_jax.models.tokenizer import Tokenizer
+from wan22_jax.ops import XLA, Kernels, with_kernels
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -61,12 +62,12 @@ class TextEncoder:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, text_len: int = 512, dtype: Any = jnp.bfloat16,
-                        param_dtype: Any = jnp.bfloat16, attn_impl: str = "xla",
+                        param_dtype: Any = jnp.bfloat16, kernels: Kernels = XLA,
                         tokenizer_path: str | os.PathLike | None = None, cache_size: int = 32) -> "TextEncoder":
         """From a release folder (T5 .pth + `google/umt5-xxl/`) or a Diffusers folder (`text_encoder/` +
         `tokenizer/`); `tokenizer_path` overrides where the tokenizer is read."""
         tokenizer = Tokenizer(tokenizer_path if tokenizer_path is not None else path, text_len=text_len)
-        model = load_t5(path, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl)
+        model = with_kernels(load_t5(path, dtype=dtype, param_dtype=param_dtype), kernels)
         return cls(model, tokenizer, cache_size=cache_size)
 
     def _lookup(self, prompts: list[str]) -> list[tuple[jax.Array, int]]:

@@ -34,8 +34,8 @@ def stage_vae(run: Path, steps: int) -> Path:
 
     from wan22_jax.config_utils import config_from_dict
     from wan22_jax.convert.mapping import fill_state, flat_state
-    from wan22_jax.models.vae_blocks import VAEConfig
-    from wan22_jax.models.vae_tiling import build_vae
+    from wan22_jax.models.vae_config import VAEConfig
+    from wan22_jax.models.vae import build_vae
     from wan22_jax.training.export import export_vae
     import train_vae
 

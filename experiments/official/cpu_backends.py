@@ -1,8 +1,8 @@
 """The CPU's fp32 GEMM and convolution back ends, one against the other at the DiT's and the VAE's shapes.
 
-GEMMs: XLA's dot, MKL's sgemm (wan22_jax.kernels.cpu_sgemm, forced on with mode 'mkl') and torch.mm. Convolutions
+GEMMs: XLA's dot, MKL's sgemm (wan22_jax.cpu_kernels.sgemm, forced on with mode 'mkl') and torch.mm. Convolutions
 (causal 3x3x3, channels-last, time already padded): XLA:CPU's (our 'xla' conv form), oneDNN's through
-wan22_jax.kernels.cpu_conv, and torch's conv3d (the official code's; NCDHW). Min of --repeats jitted calls each,
+wan22_jax.cpu_kernels.conv, and torch's conv3d (the official code's; NCDHW). Min of --repeats jitted calls each,
 in GFLOP/s; which one wins decides `WAN22_CPU_MATMUL=auto` and the VAE's conv path.
 
     python experiments/official/cpu_backends.py [--repeats 7] [--json]
@@ -42,7 +42,7 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from wan22_jax.kernels import cpu_conv, cpu_sgemm
+    from wan22_jax.cpu_kernels import conv as cpu_conv, cpu_sgemm
     from wan22_jax.models import vae_blocks
 
     rng = np.random.default_rng(0)

@@ -3,7 +3,7 @@
 Default shape (from issue 2): width 768, 6 layers, 6 heads, ffn 3072, latent 5x32x40 (1,600 tokens), 300 text
 tokens (padded to text_len 512 by both models), fp32. Prints both medians, the ratio (and the median of per-repeat
 ratios, robust to this machine's drifting throughput), FLOP/s, the share of this CPU's measured fp32 matmul peak,
-which fp32 matmul and attention ran (wan22_jax.kernels.cpu_sgemm's status) and the parity error.
+which fp32 matmul and attention ran (wan22_jax.cpu_kernels.sgemm's status) and the parity error.
 
     python experiments/official/dit_cpu_speed.py --official /tmp/wan22_official [--json]
 """
@@ -92,7 +92,7 @@ def main():
 
     # This CPU's fp32 matmul peak, as measured: the best of a large square matmul on MKL's sgemm, XLA's dot and
     # torch, both threads. Timed inside every repeat too, so that each repeat's fraction of it is drift-free.
-    from wan22_jax.kernels import cpu_sgemm
+    from wan22_jax.cpu_kernels import sgemm as cpu_sgemm
     a = jnp.asarray(rng.standard_normal((args.peak_size, args.peak_size)), jnp.float32)
     at = torch.from_numpy(np.asarray(a))
     peak_fns = {"xla": jax.jit(lambda a: a @ a), "torch": lambda a: torch.mm(at, at)}

@@ -6,7 +6,7 @@ The official module is read from the fetched mirror at run time (never committed
         [--mirror /work/.mirror/Wan-Video+Wan2.2/repo] [--threads 2] [--repeats 3]
 Prints both medians, their ratio (ours / official; below 1: ours is faster), the median of the per-repeat paired
 ratios (robust to this machine's drifting throughput), which convolution ran (oneDNN through
-wan22_jax.kernels.cpu_conv, or XLA's) and the max relative difference of the outputs.
+wan22_jax.cpu_kernels.conv, or XLA's) and the max relative difference of the outputs.
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ def main() -> int:
     from wan22_jax.convert.mapping import convert, fill_state, flat_state
     from wan22_jax.convert.vae import abstract_vae, official_table
     from wan22_jax.io.tensor_source import DictSource
-    from wan22_jax.models.vae_blocks import preset
-    from wan22_jax.models.vae_tiling import decode
+    from wan22_jax.models.vae_config import preset
+    from wan22_jax.models.vae import decode
 
     cfg = preset("wan2.1" if args.which == "2.1" else "wan2.2")
     graphdef, abstract = abstract_vae(cfg)
@@ -97,7 +97,7 @@ def main() -> int:
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    from wan22_jax.kernels import cpu_conv
+    from wan22_jax.cpu_kernels import conv as cpu_conv
     result = {"which": args.which, "latent": list(z.shape), "threads": args.threads, "jax": jax.__version__,
               "torch": torch.__version__, "device": str(jax.devices()[0]), "conv": cpu_conv.status()}
     for k, ts in times.items():

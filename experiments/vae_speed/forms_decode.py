@@ -13,8 +13,8 @@ import numpy as np
 from jax import lax
 
 from wan22_jax.models import vae_blocks
-from wan22_jax.models.vae_blocks import preset
-from wan22_jax.models.vae_tiling import _decode, random_vae
+from wan22_jax.models.vae_config import preset
+from wan22_jax.models.vae import _decode, random_vae
 
 ORIGINAL = vae_blocks.conv3d
 

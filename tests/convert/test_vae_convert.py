@@ -19,7 +19,7 @@ from wan22_jax.convert.vae import (
 from wan22_jax.errors import CheckpointFormatError, ConfigError, WeightMappingError
 from wan22_jax.io.tensor_source import DictSource, ShapeSource
 from wan22_jax.io.torch_pickle import load_pth
-from wan22_jax.models.vae_blocks import normalize_latent, preset
+from wan22_jax.models.vae_config import normalize_latent, preset
 from wan22_jax.verify import load_case, relative_error
 
 MANIFESTS = [

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wan22_jax.models.attention import _dense, attention, query_block
+from wan22_jax.ops.attention import _dense, attention, query_block
 
 
 def test_query_block_choice():

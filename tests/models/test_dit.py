@@ -12,6 +12,7 @@ from dit_reference import official_forward, official_state_dict
 from wan22_jax.convert.dit import OFFICIAL, convert_dit
 from wan22_jax.errors import InputError
 from wan22_jax.io.tensor_source import DictSource
+from wan22_jax.ops import Kernels, with_kernels
 from wan22_jax.models.dit import DIT_PRESETS, WanModel, padding_key_bias
 
 
@@ -98,8 +99,9 @@ def test_splash_attention_gives_the_xla_forward():
     model, _ = _model(DIT_PRESETS["tiny-t2v"])
     x, t, ctx = _small_inputs(2)
     mask = np.arange(2 * 2 * 2)[None] < 6
-    ref = np.asarray(model(x, t, ctx, kv_mask=mask, attn_impl="xla"))
-    assert rel_err(model(x, t, ctx, kv_mask=mask, attn_impl="splash"), ref) < 1e-5
+    ref = np.asarray(model(x, t, ctx, kv_mask=mask))
+    splash = with_kernels(model, Kernels(attention="splash"))
+    assert rel_err(splash(x, t, ctx, kv_mask=mask), ref) < 1e-5
 
 
 def test_padded_tokens_are_ignored_with_kv_mask():

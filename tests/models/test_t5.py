@@ -18,6 +18,7 @@ from wan22_jax.config_utils import config_to_dict
 from wan22_jax.convert.mapping import fill_state, flat_state
 from wan22_jax.convert.t5 import abstract_t5, load_t5
 from wan22_jax.errors import ConfigError, InputError
+from wan22_jax.ops import Kernels
 from wan22_jax.models.t5 import (PRESETS, T5Config, T5Encoder, random_t5, relative_position_buckets, t5_config,
                                  t5_config_from_dict, t5_forward, validate_inputs)
 from wan22_jax.verify import relative_error
@@ -219,8 +220,10 @@ def test_unknown_preset_and_dtype_refused():
         t5_config("umt5-xl")
     with pytest.raises(ConfigError, match="float16"):
         T5Encoder(PRESETS["tiny"], dtype=jnp.float16, rngs=nnx.Rngs(0))
-    with pytest.raises(ConfigError, match="flash"):
-        T5Encoder(PRESETS["tiny"], attn_impl="flash", rngs=nnx.Rngs(0))
+    with pytest.raises(ConfigError, match="Kernels.attention='flash'"):
+        T5Encoder(PRESETS["tiny"], kernels=Kernels(attention="flash"), rngs=nnx.Rngs(0))
+    with pytest.raises(ConfigError, match="must be a wan22_jax.ops.Kernels"):
+        T5Encoder(PRESETS["tiny"], kernels="xla", rngs=nnx.Rngs(0))
 
 
 @pytest.mark.parametrize("ids,mask,needle", [

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from test_vae import FAST_COMPILE, random_vae, rel_err
 from wan22_jax.convert.mapping import fill_state, flat_state
 from wan22_jax.errors import ConfigError
-from wan22_jax.models.vae_blocks import preset
-from wan22_jax.models import vae_tiling
-from wan22_jax.models.vae_tiling import Tiling, blend_weights, decode, encode, tile_starts, tiled
+from wan22_jax.models.vae_config import preset
+from wan22_jax.models.vae import decode, encode, random_vae
+from wan22_jax.models.vae_tiling import Tiling, blend_weights, tile_starts, tiled
 
 
 def _weight_map(length, tile, overlap, ratio):
@@ -95,7 +95,7 @@ def _local_vae():
     """A small Wan2.2 VAE (one residual block per stage, for compile time) with every spatial 3x3 kernel cut to
     its centre tap and the attention output zeroed."""
     cfg = dataclasses.replace(preset("tiny2.2"), num_res_blocks=1)
-    graphdef, state = vae_tiling.random_vae(cfg, seed=3)
+    graphdef, state = random_vae(cfg, seed=3)
     out = {}
     for path, v in flat_state(state).items():
         v = np.array(v)

@@ -15,7 +15,8 @@ import numpy as np
 from flax import nnx
 
 from wan22_jax.bench.timing import device_description, emit, peak_bytes, time_compiled
-from wan22_jax.models.attention import IMPLEMENTATIONS
+from wan22_jax.ops import Kernels
+from wan22_jax.ops.kernels import ATTENTIONS
 from wan22_jax.models.t5 import random_t5, t5_config, t5_forward
 
 DTYPES = {"bf16": jnp.bfloat16, "fp32": jnp.float32}
@@ -27,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1, help="prompts per forward")
     p.add_argument("--valid", type=int, default=None, help="unpadded tokens per prompt (default: all)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="weights and activations")
-    p.add_argument("--attn-impl", choices=IMPLEMENTATIONS, default="xla")
+    p.add_argument("--attn-impl", choices=ATTENTIONS, default="xla")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
@@ -41,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: --valid must be in [1, --tokens={args.tokens}]")
     cfg = dataclasses.replace(t5_config("umt5-xxl"), num_layers=args.layers)
     dtype = DTYPES[args.dtype]
-    model = random_t5(cfg, dtype=dtype, param_dtype=dtype, attn_impl=args.attn_impl)
+    model = random_t5(cfg, dtype=dtype, param_dtype=dtype, kernels=Kernels(attention=args.attn_impl))
     graphdef, state = nnx.split(model)
     rng = np.random.default_rng(0)
     ids = rng.integers(2, cfg.vocab_size, size=(args.batch, args.tokens)).astype(np.int32)

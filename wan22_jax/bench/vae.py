@@ -6,15 +6,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from wan22_jax.bench.timing import device_description, emit, peak_bytes, time_compiled
-from wan22_jax.kernels import cpu_conv
-from wan22_jax.models.vae_blocks import preset
-from wan22_jax.models.vae_tiling import Tiling, _decode, _encode, random_vae
+from wan22_jax.cpu_kernels import conv as cpu_conv
+from wan22_jax.models.vae_config import preset
+from wan22_jax.models.vae import _decode, _encode, random_vae
+from wan22_jax.models.vae_tiling import Tiling
+from wan22_jax.ops.options import add_kernel_arguments, kernels_from_args
 
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -34,13 +37,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-only", action="store_true",
                    help="compile only and report XLA's planned memory (temp/argument/output bytes) per call: "
                         "sizes too slow to run here (720p x 121 frames on a CPU) still show their footprint")
+    add_kernel_arguments(p)
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = preset("wan2.1" if args.which == "2.1" else "wan2.2")
     dtype = DTYPES[args.dtype]
-    graphdef, state = random_vae(cfg, dtype=dtype, param_dtype=dtype)
+    kernels = kernels_from_args(args)
+    graphdef, state = random_vae(cfg, dtype=dtype, param_dtype=dtype, kernels=kernels)
     tiling = Tiling(tile=args.tile, overlap=args.overlap) if args.tiled else None
     s = cfg.spatial_stride
     rng = np.random.default_rng(0)
@@ -50,8 +55,9 @@ def main(args: argparse.Namespace) -> int:
 
     result = {"component": f"vae{args.which}", "device": device_description(), "dtype": args.dtype,
               "tiled": bool(args.tiled), "video": list(video.shape), "latent": list(latent.shape),
-              # which fp32 convolution ran on a CPU: oneDNN's (wan22_jax.kernels.cpu_conv) or XLA's, and why
-              "cpu_fp32_conv": cpu_conv.status() if jax.default_backend() == "cpu" else None}
+              "kernels": dataclasses.asdict(kernels),
+              # with --cpu-kernels: whether oneDNN's convolution ran, or why XLA's ran instead
+              "cpu_conv": cpu_conv.status() if kernels.conv == "cpu" else None}
     enc = jax.jit(lambda st, v: _encode(graphdef, st, v, normalize=True, tiling=tiling, slice_batch=True))
     dec = jax.jit(lambda st, z: _decode(graphdef, st, z, normalize=True, tiling=tiling, slice_batch=True,
                                         clamp=True))

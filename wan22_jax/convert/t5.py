@@ -217,11 +217,11 @@ def open_t5_checkpoint(path: str | os.PathLike) -> T5Checkpoint:
         f"config.json + {DIFFUSERS_STEM}.safetensors[.index.json] in {DIFFUSERS_SUBFOLDER}/ or the folder itself)")
 
 
-def abstract_t5(cfg: T5Config, *, dtype: Any = jnp.bfloat16, param_dtype: Any = jnp.bfloat16,
-                attn_impl: str = "xla") -> tuple[nnx.GraphDef, nnx.State]:
+def abstract_t5(cfg: T5Config, *, dtype: Any = jnp.bfloat16, param_dtype: Any = jnp.bfloat16
+                ) -> tuple[nnx.GraphDef, nnx.State]:
     """The module's graphdef and abstract (ShapeDtypeStruct) state; allocates nothing."""
     return nnx.split(nnx.eval_shape(lambda: T5Encoder(cfg, dtype=dtype, param_dtype=param_dtype,
-                                                      attn_impl=attn_impl, rngs=nnx.Rngs(0))))
+                                                      rngs=nnx.Rngs(0))))
 
 
 def convert_t5(path: str | os.PathLike, *, param_dtype: Any = jnp.bfloat16
@@ -232,20 +232,20 @@ def convert_t5(path: str | os.PathLike, *, param_dtype: Any = jnp.bfloat16
     return ckpt.config, convert(ckpt.table(), ckpt.source, flat_state(abstract))
 
 
-def load_t5(path: str | os.PathLike, *, dtype: Any = jnp.bfloat16, param_dtype: Any = jnp.bfloat16,
-            attn_impl: str = "xla") -> T5Encoder:
+def load_t5(path: str | os.PathLike, *, dtype: Any = jnp.bfloat16, param_dtype: Any = jnp.bfloat16
+            ) -> T5Encoder:
     """Loads an official or Diffusers umT5 encoder (see `open_t5_checkpoint` for what `path` may be).
 
-    Returns the NNX module on the default device; `nnx.split(model)` gives the (graphdef, state) pair that
+    Returns the NNX module (XLA ops: `wan22_jax.ops.with_kernels` picks others) on the default device; `nnx.split(model)` gives the (graphdef, state) pair that
     `t5_forward` and the jit boundaries take. Any missing, unexpected or mis-shaped tensor raises
     WeightMappingError naming it.
     """
     ours = find_ours(path, KIND)
     if ours is not None:
-        return load_ours(ours, KIND, T5Config, lambda c: abstract_t5(c, dtype=dtype, param_dtype=param_dtype,
-                                                                    attn_impl=attn_impl), param_dtype)[1]
+        return load_ours(ours, KIND, T5Config, lambda c: abstract_t5(c, dtype=dtype, param_dtype=param_dtype),
+                         param_dtype)[1]
     cfg, arrays = convert_t5(path, param_dtype=param_dtype)
-    graphdef, abstract = abstract_t5(cfg, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl)
+    graphdef, abstract = abstract_t5(cfg, dtype=dtype, param_dtype=param_dtype)
     state = fill_state(abstract, {k: jax.device_put(v) for k, v in arrays.items()})
     return nnx.merge(graphdef, state)
 

@@ -25,8 +25,8 @@ from wan22_jax.convert.mapping import Rule, conv1x1, conv2d, conv3d, convert, fl
 from wan22_jax.errors import CheckpointFormatError, ConfigError, WeightMappingError
 from wan22_jax.io.tensor_source import SafetensorsSource, TensorSource
 from wan22_jax.io.torch_pickle import load_pth
-from wan22_jax.models.vae_blocks import VAEConfig, preset
-from wan22_jax.models.vae_tiling import WanVAE, build_vae
+from wan22_jax.models.vae_config import VAEConfig, preset
+from wan22_jax.models.vae import WanVAE, abstract_vae
 
 OFFICIAL_FILES = {"2.1": "Wan2.1_VAE.pth", "2.2": "Wan2.2_VAE.pth"}
 OFFICIAL_CONFIG = "vae_config.json"  # beside the .pth in the reference cases; real releases ship none
@@ -288,15 +288,8 @@ def table_for(layout: str, cfg: VAEConfig) -> list[Rule]:
     return official_table(cfg) if layout == "official" else diffusers_table(cfg)
 
 
-def abstract_vae(cfg: VAEConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, attn_impl: str = "xla"):
-    """(graphdef, abstract state) of the model of `cfg`, no memory used."""
-    model = nnx.eval_shape(lambda: build_vae(cfg, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl,
-                                             rngs=nnx.Rngs(0)))
-    return nnx.split(model)
-
-
 def load_vae(path: str | os.PathLike, *, dtype: Any = jnp.float32, param_dtype: Any | None = None,
-             version: str | None = None, attn_impl: str = "xla") -> WanVAE:
+             version: str | None = None) -> WanVAE:
     """Loads a Wan VAE from an official .pth, a release folder holding one, or a Diffusers VAE folder.
 
     Args:
@@ -306,15 +299,16 @@ def load_vae(path: str | os.PathLike, *, dtype: Any = jnp.float32, param_dtype: 
       dtype: compute dtype; param_dtype: storage dtype (default: `dtype`).
       version: "2.1" or "2.2", to choose when a folder holds both official files.
     Returns:
-      the NNX model (split it once with `nnx.split` and pass (graphdef, state) to `vae_tiling.encode/decode`).
+      the NNX model with XLA ops (`wan22_jax.ops.with_kernels` picks others); split it once with `nnx.split`
+      and pass (graphdef, state) to `wan22_jax.models.vae.encode/decode`.
     """
     param_dtype = dtype if param_dtype is None else param_dtype
     ours = find_ours(path, KIND)
     if ours is not None:
-        return load_ours(ours, KIND, VAEConfig, lambda c: abstract_vae(c, dtype=dtype, param_dtype=param_dtype,
-                                                                     attn_impl=attn_impl), param_dtype)[1]
+        return load_ours(ours, KIND, VAEConfig, lambda c: abstract_vae(c, dtype=dtype, param_dtype=param_dtype),
+                         param_dtype)[1]
     layout, source, cfg, origin = source_and_config(path, version=version)
-    graphdef, abstract = abstract_vae(cfg, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl)
+    graphdef, abstract = abstract_vae(cfg, dtype=dtype, param_dtype=param_dtype)
     try:
         arrays = convert(table_for(layout, cfg), source, flat_state(abstract), dtype=param_dtype)
     except WeightMappingError as e:

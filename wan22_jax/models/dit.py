@@ -26,10 +26,10 @@ from einops import rearrange
 from flax import nnx
 
 from wan22_jax.errors import ConfigError, InputError
-from wan22_jax.models.attention import attention
 from wan22_jax.models.layers import Linear, normal_init, ones_init, param, zeros_init
 from wan22_jax.models.rope import apply_rope, rope_tables
 from wan22_jax.models.time_embedding import sinusoidal_embedding
+from wan22_jax.ops import XLA, Kernels, attention, matmul
 from wan22_jax.sharding import frame_tokens, pad_frames, shard, token_multiple, unpad_frames
 
 MODEL_TYPES = ("t2v", "i2v", "ti2v", "s2v")
@@ -158,9 +158,9 @@ def _ungroup(x):
 class SelfAttention(nnx.Module):
     """q/k/v/o Linears with RMSNorm over the full width on q and k; RoPE on self-attention only."""
 
-    def __init__(self, cfg: DiTConfig, *, dtype, param_dtype, stack, rngs):
+    def __init__(self, cfg: DiTConfig, *, dtype, param_dtype, stack, kernels, rngs):
         d = cfg.dim
-        lin = dict(dtype=dtype, param_dtype=param_dtype, stack=stack, rngs=rngs)
+        lin = dict(dtype=dtype, param_dtype=param_dtype, stack=stack, kernels=kernels, rngs=rngs)
         self.q = Linear(d, d, axes=("embed", "heads"), **lin)
         self.k = Linear(d, d, axes=("embed", "heads"), **lin)
         self.v = Linear(d, d, axes=("embed", "heads"), **lin)
@@ -169,12 +169,13 @@ class SelfAttention(nnx.Module):
         self.norm_k = RMSNorm(d, cfg.eps, param_dtype=param_dtype, stack=stack, rngs=rngs)
         self.num_heads = cfg.num_heads
         self.dtype = dtype
+        self.kernels = kernels
 
     def _heads(self, x):
         b, l, _ = x.shape
         return x.reshape(b, l, self.num_heads, -1)
 
-    def __call__(self, x, cos, sin, kv_mask, attn_impl):
+    def __call__(self, x, cos, sin, kv_mask):
         # x [B, L, D] -> [B, L, D]
         q = apply_rope(self._heads(self.norm_q(self.q(x))), cos, sin)
         k = apply_rope(self._heads(self.norm_k(self.k(x))), cos, sin)
@@ -184,7 +185,7 @@ class SelfAttention(nnx.Module):
         q = shard(q, ("batch", "attn_tokens", "attn_heads", None))
         k, v = (shard(a, ("batch", None, "attn_heads", None)) for a in (k, v))
         out = attention(q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype), kv_mask=kv_mask,
-                        impl=attn_impl)
+                        impl=self.kernels.attention)
         out = shard(out, ("batch", "attn_tokens", "attn_heads", None))
         return self.o(out.astype(q.dtype).reshape(x.shape[0], x.shape[1], -1))
 
@@ -198,19 +199,20 @@ class CrossAttention(SelfAttention):
     approximation); with Lk == text_len the count is 1 and the bias 0.
     """
 
-    def __init__(self, cfg: DiTConfig, *, dtype, param_dtype, stack, rngs):
-        super().__init__(cfg, dtype=dtype, param_dtype=param_dtype, stack=stack, rngs=rngs)
+    def __init__(self, cfg: DiTConfig, *, dtype, param_dtype, stack, kernels, rngs):
+        super().__init__(cfg, dtype=dtype, param_dtype=param_dtype, stack=stack, kernels=kernels, rngs=rngs)
         self.text_len = cfg.text_len
 
     def kv(self, context):
         # context [B, Lc, D] -> k, v [B, Lc, N, d], computable once per generation
         return self._heads(self.norm_k(self.k(context))), self._heads(self.v(context))
 
-    def __call__(self, x, kv, attn_impl):
+    def __call__(self, x, kv):
         k, v = kv
         q = shard(self._heads(self.norm_q(self.q(x))), ("batch", "tokens", "heads", None))
         out = attention(q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype),
-                        key_bias=padding_key_bias(k.shape[1], self.text_len), impl=attn_impl)
+                        key_bias=padding_key_bias(k.shape[1], self.text_len),
+                        impl=self.kernels.attention)
         return self.o(out.astype(q.dtype).reshape(x.shape[0], x.shape[1], -1))
 
 
@@ -226,21 +228,22 @@ def padding_key_bias(lk: int, text_len: int):
 class WanAttentionBlock(nnx.Module):
     """x += SA(LN(x)(1+s1)+b1)*g1;  x += CA(LN_affine(x), ctx);  x += FFN(LN(x)(1+s2)+b2)*g2."""
 
-    def __init__(self, cfg: DiTConfig, *, dtype, param_dtype, stack, rngs):
+    def __init__(self, cfg: DiTConfig, *, dtype, param_dtype, stack, kernels, rngs):
         d = cfg.dim
+        attn = dict(dtype=dtype, param_dtype=param_dtype, stack=stack, kernels=kernels, rngs=rngs)
         self.norm1 = LayerNorm(d, cfg.eps)
-        self.self_attn = SelfAttention(cfg, dtype=dtype, param_dtype=param_dtype, stack=stack, rngs=rngs)
+        self.self_attn = SelfAttention(cfg, **attn)
         self.norm3 = LayerNorm(d, cfg.eps, affine=True, param_dtype=param_dtype, stack=stack, rngs=rngs)
-        self.cross_attn = CrossAttention(cfg, dtype=dtype, param_dtype=param_dtype, stack=stack, rngs=rngs)
+        self.cross_attn = CrossAttention(cfg, **attn)
         self.norm2 = LayerNorm(d, cfg.eps)
-        lin = dict(dtype=dtype, param_dtype=param_dtype, stack=stack, rngs=rngs)
+        lin = dict(dtype=dtype, param_dtype=param_dtype, stack=stack, kernels=kernels, rngs=rngs)
         self.ffn = nnx.Dict({"0": Linear(d, cfg.ffn_dim, axes=("embed", "mlp"), **lin),
                              "2": Linear(cfg.ffn_dim, d, axes=("mlp", "embed"), **lin)})
         self.modulation = param(rngs, normal_init(1.0 / math.sqrt(d)), (1, 6, d), (None, None, "embed"),
                                 param_dtype, stack)
         self.dtype = dtype
 
-    def __call__(self, x, e0, cos, sin, kv, kv_mask, attn_impl, first=False):
+    def __call__(self, x, e0, cos, sin, kv, kv_mask, first=False):
         # x [B, L, D] fp32 residual stream; e0 [B, G, 6, D] fp32 (G timestep groups)
         g = e0.shape[1]
         e = self.modulation[...].astype(jnp.float32)[None] + e0  # [B, G, 6, D]
@@ -252,10 +255,10 @@ class WanAttentionBlock(nnx.Module):
             # (`type_as(x)`); later blocks see the fp32 residual stream.
             n1 = jnp.where(first, n1.astype(self.dtype).astype(n1.dtype), n1)
         h = _ungroup(_group(n1, g) * (1 + scale1) + shift1)
-        y = self.self_attn(h, cos, sin, kv_mask, attn_impl)
+        y = self.self_attn(h, cos, sin, kv_mask)
         x = _ungroup(_group(x, g) + _group(y, g) * gate1)
 
-        x = x + self.cross_attn(self.norm3(x), kv, attn_impl)
+        x = x + self.cross_attn(self.norm3(x), kv)
 
         h = _ungroup(_group(self.norm2(x), g).astype(jnp.float32) * (1 + scale2) + shift2)
         y = self.ffn["2"](jax.nn.gelu(shard(self.ffn["0"](h), ("batch", "tokens", "mlp")), approximate=True))
@@ -265,11 +268,11 @@ class WanAttentionBlock(nnx.Module):
 class Head(nnx.Module):
     """LN -> (1+scale), +shift from [1,2,D] + e (time_embedding output, not e0) -> Linear, all in fp32."""
 
-    def __init__(self, cfg: DiTConfig, *, param_dtype, rngs):
+    def __init__(self, cfg: DiTConfig, *, param_dtype, kernels, rngs):
         d = cfg.dim
         self.norm = LayerNorm(d, cfg.eps)
         self.head = Linear(d, math.prod(cfg.patch_size) * cfg.out_dim, axes=("embed", None), dtype=jnp.float32,
-                           param_dtype=param_dtype, rngs=rngs)
+                           param_dtype=param_dtype, kernels=kernels, rngs=rngs)
         self.modulation = param(rngs, normal_init(1.0 / math.sqrt(d)), (1, 2, d), (None, None, "embed"),
                                 param_dtype)
 
@@ -311,7 +314,6 @@ class WanModel(nnx.Module):
       y: optional [B, C_y, F, H, W] conditioning concatenated on channels (i2v: mask + image latent).
       context_kv: precomputed `encode_context(context)` to reuse across denoising steps (then `context` is unused).
       kv_mask: optional [B, L] bool, False for padded tokens that self-attention must ignore.
-      attn_impl: see `wan22_jax.models.attention`.
       remat: rematerialise each block in the backward pass (jax.checkpoint on the scanned block): activation
         memory of one block instead of all, for one extra forward per block.
       return_intermediates: also return {"patch_embedding": [B, L, D], "blocks": [layers, B, L, D] (each block's
@@ -321,26 +323,28 @@ class WanModel(nnx.Module):
     """
 
     def __init__(self, cfg: DiTConfig, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                 rngs: nnx.Rngs | None = None):
+                 kernels: Kernels = XLA, rngs: nnx.Rngs | None = None):
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         d = cfg.dim
         self.cfg = cfg
         self.dtype = dtype
+        self.kernels = kernels  # the implementation of every matmul and attention (wan22_jax.ops.Kernels)
         pt, ph, pw = cfg.patch_size
         # Conv3d with stride == kernel: stored as a channels-last conv kernel, applied as a matmul on patches.
         self.patch_embedding = nnx.Dict({
             "kernel": param(rngs, normal_init(0.02), (pt, ph, pw, cfg.in_dim, d), (None, None, None, None, "embed"),
                             param_dtype),
             "bias": param(rngs, zeros_init, (d,), ("embed",), param_dtype)})
-        lin = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        f32 = dict(dtype=jnp.float32, param_dtype=param_dtype, rngs=rngs)
+        lin = dict(dtype=dtype, param_dtype=param_dtype, kernels=kernels, rngs=rngs)
+        f32 = dict(dtype=jnp.float32, param_dtype=param_dtype, kernels=kernels, rngs=rngs)
         self.text_embedding = _sequential(**{"0": Linear(cfg.text_dim, d, axes=(None, "embed"), **lin),
                                              "2": Linear(d, d, axes=("embed", "embed_out"), **lin)})
         self.time_embedding = _sequential(**{"0": Linear(cfg.freq_dim, d, axes=(None, "embed"), **f32),
                                              "2": Linear(d, d, axes=("embed", "embed_out"), **f32)})
         self.time_projection = _sequential(**{"1": Linear(d, 6 * d, axes=("embed", "embed_out"), **f32)})
-        self.blocks = WanAttentionBlock(cfg, dtype=dtype, param_dtype=param_dtype, stack=cfg.num_layers, rngs=rngs)
-        self.head = Head(cfg, param_dtype=param_dtype, rngs=rngs)
+        self.blocks = WanAttentionBlock(cfg, dtype=dtype, param_dtype=param_dtype, stack=cfg.num_layers,
+                                        kernels=kernels, rngs=rngs)
+        self.head = Head(cfg, param_dtype=param_dtype, kernels=kernels, rngs=rngs)
 
     # -------------------------------------------------------------------------------- pieces
     def embed_time(self, t, grid):
@@ -381,7 +385,8 @@ class WanModel(nnx.Module):
         tokens = rearrange(x, "b c (f p) (h q) (w r) -> b (f h w) (p q r c)", p=pt, q=ph, r=pw)
         kernel = self.patch_embedding["kernel"][...]
         kernel = kernel.reshape(-1, kernel.shape[-1]).astype(self.dtype)
-        return jnp.matmul(tokens.astype(self.dtype), kernel) + self.patch_embedding["bias"][...].astype(self.dtype)
+        return (matmul(tokens.astype(self.dtype), kernel, impl=self.kernels.matmul)
+                + self.patch_embedding["bias"][...].astype(self.dtype))
 
     def unpatchify(self, out, grid):
         """Head features [B, L, (pt ph pw c)] (channel innermost, as official) -> [B, c, F, H, W]."""
@@ -390,10 +395,10 @@ class WanModel(nnx.Module):
         return rearrange(out, "b (f h w) (p q r c) -> b c (f p) (h q) (w r)", f=f, h=h, w=w, p=pt, q=ph, r=pw)
 
     # -------------------------------------------------------------------------------- forward
-    def __call__(self, x, t, context=None, *, y=None, context_kv=None, kv_mask=None, attn_impl: str = "xla",
+    def __call__(self, x, t, context=None, *, y=None, context_kv=None, kv_mask=None,
                  return_intermediates: bool = False, remat: bool = False):
         inp = self.prepare(x, t, context, y=y, context_kv=context_kv, kv_mask=kv_mask)
-        h, per_block = self.run_blocks(inp, inp.tokens, attn_impl=attn_impl, remat=remat,
+        h, per_block = self.run_blocks(inp, inp.tokens, remat=remat,
                                        return_intermediates=return_intermediates)
         out = self.finish(inp, h)
         if not return_intermediates:
@@ -437,7 +442,7 @@ class WanModel(nnx.Module):
         h = shard(h.astype(jnp.float32), ("batch", "tokens", "embed"))
         return BlockInputs(h, e, e0, cos, sin, tuple(context_kv), kv_mask, grid, per_frame)
 
-    def run_blocks(self, inp: "BlockInputs", h, *, attn_impl: str = "xla", remat: bool = False,
+    def run_blocks(self, inp: "BlockInputs", h, *, remat: bool = False,
                    return_intermediates: bool = False):
         """h [B, L, D] -> (h after every block, per-block outputs [layers, B, L, D] or None)."""
         graphdef, state = nnx.split(self.blocks)
@@ -445,7 +450,7 @@ class WanModel(nnx.Module):
         def body(carry, layer):
             i, layer_state, k, v = layer
             block = nnx.merge(graphdef, layer_state)
-            out = shard(block(carry, inp.e0, inp.cos, inp.sin, (k, v), inp.kv_mask, attn_impl, first=i == 0),
+            out = shard(block(carry, inp.e0, inp.cos, inp.sin, (k, v), inp.kv_mask, first=i == 0),
                         ("batch", "tokens", "embed"))
             return out, (out if return_intermediates else None)
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from wan22_jax.kernels import cpu_sgemm
+from wan22_jax.ops import XLA, Kernels, matmul
 
 LAYERS = "layers"
 
@@ -58,20 +58,22 @@ def fan_in_init(key, shape, dtype):
 class Linear(nnx.Module):
     """y = x @ kernel + bias, kernel [in, out] (torch's weight transposed).
 
-    The matmul runs in `dtype` (the compute dtype: bf16 for speed, fp32 for parity) with fp32 accumulation
-    where the backend allows; the output is in `dtype`. fp32 matmuls on a CPU run MKL's sgemm when installed
-    (`wan22_jax.kernels.cpu_sgemm`).
+    The matmul runs in `dtype` (the compute dtype: bf16 for speed, fp32 for parity; fp32 at full precision on
+    every backend) through `wan22_jax.ops.matmul` with `kernels.matmul` as its implementation; the output is in
+    `dtype`.
     """
 
     def __init__(self, in_features: int, out_features: int, *, axes: tuple[str | None, str | None],
                  use_bias: bool = True, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                 stack: int | None = None, kernel_init=fan_in_init, rngs: nnx.Rngs | None = None):
+                 stack: int | None = None, kernel_init=fan_in_init, kernels: Kernels = XLA,
+                 rngs: nnx.Rngs | None = None):
         self.kernel = param(rngs, kernel_init, (in_features, out_features), axes, param_dtype, stack)
         self.bias = param(rngs, zeros_init, (out_features,), axes[1:], param_dtype, stack) if use_bias else None
         self.dtype = dtype
+        self.kernels = kernels
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = cpu_sgemm.matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        y = matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype), impl=self.kernels.matmul)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y

@@ -46,7 +46,7 @@ class StepCache:
         return {"signal": z, "residual": z, "acc": jnp.float32(0), "run": jnp.int32(0), "seen": jnp.int32(0),
                 "skipped": jnp.int32(0)}
 
-    def forward(self, model, cache: dict, x, t, *, attn_impl: str = "xla", **prepare_kwargs):
+    def forward(self, model, cache: dict, x, t, **prepare_kwargs):
         """The model's forward with step skipping: -> (output [B, out_dim, F, H, W], new cache).
 
         prepare_kwargs: context / context_kv / y / kv_mask, as `WanModel.__call__`.
@@ -62,7 +62,7 @@ class StepCache:
             return h + cache["residual"], cache["residual"]
 
         def compute(h):
-            out, _ = model.run_blocks(inp, h, attn_impl=attn_impl)
+            out, _ = model.run_blocks(inp, h)
             return out, out - h
 
         h, residual = jax.lax.cond(skip, reuse, compute, inp.tokens)

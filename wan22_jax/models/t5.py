@@ -28,8 +28,8 @@ from flax import nnx
 
 from wan22_jax.config_utils import config_from_dict
 from wan22_jax.errors import ConfigError, InputError
-from wan22_jax.models.attention import IMPLEMENTATIONS, attention
 from wan22_jax.models.layers import Linear, normal_init, ones_init, param
+from wan22_jax.ops import XLA, Kernels, attention
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -167,30 +167,31 @@ class RelativeEmbedding(nnx.Module):
 class T5Attention(nnx.Module):
     """Multi-head self-attention without biases and without logits scaling."""
 
-    def __init__(self, cfg: T5Config, *, dtype: Any, param_dtype: Any, attn_impl: str, stack: int | None,
+    def __init__(self, cfg: T5Config, *, dtype: Any, param_dtype: Any, kernels: Kernels, stack: int | None,
                  rngs: nnx.Rngs | None):
-        lin = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, stack=stack, rngs=rngs)
+        lin = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, stack=stack, kernels=kernels, rngs=rngs)
         self.q = Linear(cfg.dim, cfg.dim_attn, axes=("embed", "heads"), **lin)
         self.k = Linear(cfg.dim, cfg.dim_attn, axes=("embed", "heads"), **lin)
         self.v = Linear(cfg.dim, cfg.dim_attn, axes=("embed", "heads"), **lin)
         self.o = Linear(cfg.dim_attn, cfg.dim, axes=("heads", "embed"), **lin)
         self.num_heads = cfg.num_heads
-        self.attn_impl = attn_impl
+        self.kernels = kernels
 
     def __call__(self, x: jax.Array, kv_mask: jax.Array, bias: jax.Array) -> jax.Array:
         """x [B, L, dim], kv_mask [B, L] bool, bias [1, N, L, L] -> [B, L, dim]."""
         b, l, _ = x.shape
         heads = lambda y: y.reshape(b, l, self.num_heads, -1)  # noqa: E731
         out = attention(heads(self.q(x)), heads(self.k(x)), heads(self.v(x)), kv_mask=kv_mask, bias=bias,
-                        scale=1.0, impl=self.attn_impl)
+                        scale=1.0, impl=self.kernels.attention)
         return self.o(out.reshape(b, l, -1))
 
 
 class T5FeedForward(nnx.Module):
     """`fc2(fc1(x) * gelu_tanh(gate(x)))`."""
 
-    def __init__(self, cfg: T5Config, *, dtype: Any, param_dtype: Any, stack: int | None, rngs: nnx.Rngs | None):
-        lin = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, stack=stack, rngs=rngs)
+    def __init__(self, cfg: T5Config, *, dtype: Any, param_dtype: Any, stack: int | None, kernels: Kernels,
+                 rngs: nnx.Rngs | None):
+        lin = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, stack=stack, kernels=kernels, rngs=rngs)
         self.gate = Linear(cfg.dim, cfg.dim_ffn, axes=("embed", "mlp"), **lin)
         self.fc1 = Linear(cfg.dim, cfg.dim_ffn, axes=("embed", "mlp"), **lin)
         self.fc2 = Linear(cfg.dim_ffn, cfg.dim, axes=("mlp", "embed"), **lin)
@@ -202,14 +203,15 @@ class T5FeedForward(nnx.Module):
 class T5Block(nnx.Module):
     """One encoder layer (official `T5SelfAttention`), with its own relative position table."""
 
-    def __init__(self, cfg: T5Config, *, dtype: Any, param_dtype: Any, attn_impl: str, stack: int | None = None,
+    def __init__(self, cfg: T5Config, *, dtype: Any, param_dtype: Any, kernels: Kernels, stack: int | None = None,
                  rngs: nnx.Rngs | None = None):
         norm = dict(eps=cfg.eps, dtype=dtype, param_dtype=param_dtype, stack=stack, rngs=rngs)
         self.norm1 = T5LayerNorm(cfg.dim, **norm)
-        self.attn = T5Attention(cfg, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl, stack=stack,
+        self.attn = T5Attention(cfg, dtype=dtype, param_dtype=param_dtype, kernels=kernels, stack=stack,
                                 rngs=rngs)
         self.norm2 = T5LayerNorm(cfg.dim, **norm)
-        self.ffn = T5FeedForward(cfg, dtype=dtype, param_dtype=param_dtype, stack=stack, rngs=rngs)
+        self.ffn = T5FeedForward(cfg, dtype=dtype, param_dtype=param_dtype, stack=stack, kernels=kernels,
+                                 rngs=rngs)
         self.pos_embedding = RelativeEmbedding(cfg.num_buckets, cfg.num_heads, dtype=dtype,
                                                param_dtype=param_dtype, stack=stack, rngs=rngs)
 
@@ -225,23 +227,23 @@ class T5Encoder(nnx.Module):
       cfg: hyper-parameters.
       dtype: compute dtype (bf16 as the official run, fp32 for parity).
       param_dtype: storage dtype of the parameters.
-      attn_impl: see `wan22_jax.models.attention.IMPLEMENTATIONS`.
+      kernels: the implementation of every matmul and attention (`wan22_jax.ops.Kernels`; XLA by default).
       rngs: parameter init; random weights N(0, 1/fan_in) (tables N(0, 1)), only meant for tests and benchmarks.
     """
 
     def __init__(self, cfg: T5Config, *, dtype: Any = jnp.bfloat16, param_dtype: Any = jnp.bfloat16,
-                 attn_impl: str = "xla", rngs: nnx.Rngs | None = None):
+                 kernels: Kernels = XLA, rngs: nnx.Rngs | None = None):
         dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
         for name, dt in (("dtype", dtype), ("param_dtype", param_dtype)):
             if dt not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
                 # float16 would also need the official inf clamp after every residual add
                 raise ConfigError(f"T5Encoder {name} must be float32 or bfloat16, got {dt}")
-        if attn_impl not in IMPLEMENTATIONS:
-            raise ConfigError(f"unknown attn_impl {attn_impl!r}; choose one of {IMPLEMENTATIONS}")
+        if not isinstance(kernels, Kernels):
+            raise ConfigError(f"T5Encoder kernels must be a wan22_jax.ops.Kernels, got {kernels!r}")
         self.cfg = cfg
         self.token_embedding = Embedding(cfg.vocab_size, cfg.dim, axes=("vocab", "embed"), dtype=dtype,
                                          param_dtype=param_dtype, rngs=rngs)
-        self.blocks = T5Block(cfg, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl,
+        self.blocks = T5Block(cfg, dtype=dtype, param_dtype=param_dtype, kernels=kernels,
                               stack=cfg.num_layers, rngs=rngs)
         self.norm = T5LayerNorm(cfg.dim, eps=cfg.eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
@@ -296,7 +298,7 @@ def t5_forward(graphdef: nnx.GraphDef, state: nnx.State, ids: jax.Array, mask: j
 
 
 def random_t5(cfg: T5Config, *, dtype: Any = jnp.bfloat16, param_dtype: Any = jnp.bfloat16,
-              attn_impl: str = "xla", seed: int = 0) -> T5Encoder:
+              kernels: Kernels = XLA, seed: int = 0) -> T5Encoder:
     """A randomly initialised encoder for tests and benchmarks, drawn leaf by leaf with numpy.
 
     Kernels N(0, 1/fan_in), embedding and position tables N(0, 1), norm gains 1 + 0.1 N (the reference cases'
@@ -305,7 +307,7 @@ def random_t5(cfg: T5Config, *, dtype: Any = jnp.bfloat16, param_dtype: Any = jn
     """
     from wan22_jax.convert.mapping import fill_state, flat_state  # the converter's state views, no cycle
 
-    build = lambda: T5Encoder(cfg, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl,  # noqa: E731
+    build = lambda: T5Encoder(cfg, dtype=dtype, param_dtype=param_dtype, kernels=kernels,  # noqa: E731
                               rngs=nnx.Rngs(0))
     graphdef, abstract = nnx.split(nnx.eval_shape(build))
     rng = np.random.default_rng(seed)

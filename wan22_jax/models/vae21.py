@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from flax import nnx
 
-from wan22_jax.models.vae_blocks import (
-    CausalConv3d, CausalVAE, Decoder, Encoder, Resample, ResidualBlock, VAEConfig, head_layers, middle_layers)
+from wan22_jax.models.vae_config import VAEConfig
+from wan22_jax.models.vae_layers import (
+    CausalConv3d, Resample, ResidualBlock, head_layers, middle_layers)
+from wan22_jax.models.vae_model import CausalVAE, Decoder, Encoder
 
 
 class Encoder21(Encoder):
     """conv1 -> [ResidualBlock x num_res_blocks, Resample] per stage -> middle [RB, Attn, RB] -> head."""
 
-    def __init__(self, cfg: VAEConfig, *, attn_impl: str = "xla", **kw):
+    def __init__(self, cfg: VAEConfig, **kw):
         dims = [cfg.dim * u for u in (1, *cfg.dim_mult)]
         self.conv1 = CausalConv3d(3, dims[0], **kw)
         layers = []
@@ -28,7 +30,7 @@ class Encoder21(Encoder):
                 layers.append(Resample(out_dim, mode, **kw))
         self.downsamples = nnx.List(layers)
         c = dims[-1]
-        self.middle = middle_layers(c, attn_impl=attn_impl, **kw)
+        self.middle = middle_layers(c, **kw)
         self.head = head_layers(c, 2 * cfg.z_dim, **kw)
 
 
@@ -39,13 +41,13 @@ class Decoder21(Decoder):
     from half the previous width (official `in_dim // 2` for stages 1..3).
     """
 
-    def __init__(self, cfg: VAEConfig, *, attn_impl: str = "xla", **kw):
+    def __init__(self, cfg: VAEConfig, **kw):
         mult = cfg.dim_mult
         dims = [cfg.decoder_dim * u for u in (mult[-1], *mult[::-1])]
         temperal_upsample = cfg.temperal_downsample[::-1]
         self.conv1 = CausalConv3d(cfg.z_dim, dims[0], **kw)
         c = dims[0]
-        self.middle = middle_layers(c, attn_impl=attn_impl, **kw)
+        self.middle = middle_layers(c, **kw)
         layers = []
         for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
             if i > 0:

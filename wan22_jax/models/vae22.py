@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from wan22_jax.models.vae_blocks import (
-    Cache, CausalConv3d, CausalVAE, Decoder, Encoder, Resample, ResidualBlock, VAEConfig, first_chunk, head_layers,
-    middle_layers, run_sequence)
+from wan22_jax.models.vae_config import VAEConfig
+from wan22_jax.models.vae_layers import (
+    Cache, CausalConv3d, Resample, ResidualBlock, first_chunk, head_layers, middle_layers, run_sequence)
+from wan22_jax.models.vae_model import CausalVAE, Decoder, Encoder
 
 PATCH = 2
 
@@ -107,7 +108,7 @@ class UpResidualBlock(nnx.Module):
 class Encoder22(Encoder):
     """conv1 (12 -> dim) -> DownResidualBlock per stage -> middle [RB, Attn, RB] -> head."""
 
-    def __init__(self, cfg: VAEConfig, *, attn_impl: str = "xla", **kw):
+    def __init__(self, cfg: VAEConfig, **kw):
         dims = [cfg.dim * u for u in (1, *cfg.dim_mult)]
         last = len(cfg.dim_mult) - 1
         self.conv1 = CausalConv3d(3 * PATCH * PATCH, dims[0], **kw)
@@ -116,20 +117,20 @@ class Encoder22(Encoder):
                               temporal=bool(i < len(cfg.temperal_downsample) and cfg.temperal_downsample[i]),
                               down=i != last, **kw)
             for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))])
-        self.middle = middle_layers(dims[-1], attn_impl=attn_impl, **kw)
+        self.middle = middle_layers(dims[-1], **kw)
         self.head = head_layers(dims[-1], 2 * cfg.z_dim, **kw)
 
 
 class Decoder22(Decoder):
     """conv1 (z -> 4 dec_dim) -> middle -> UpResidualBlock per stage -> head (-> 12 = 3 x 2x2 patch)."""
 
-    def __init__(self, cfg: VAEConfig, *, attn_impl: str = "xla", **kw):
+    def __init__(self, cfg: VAEConfig, **kw):
         mult = cfg.dim_mult
         dims = [cfg.decoder_dim * u for u in (mult[-1], *mult[::-1])]
         temperal_upsample = cfg.temperal_downsample[::-1]
         last = len(mult) - 1
         self.conv1 = CausalConv3d(cfg.z_dim, dims[0], **kw)
-        self.middle = middle_layers(dims[0], attn_impl=attn_impl, **kw)
+        self.middle = middle_layers(dims[0], **kw)
         self.upsamples = nnx.List([
             UpResidualBlock(a, b, mult=cfg.num_res_blocks + 1,
                             temporal=bool(i < len(temperal_upsample) and temperal_upsample[i]),

@@ -19,17 +19,17 @@ import optax
 from flax import nnx
 
 from wan22_jax.data.mini_world import MiniWorld
-from wan22_jax.models.vae_blocks import VAEConfig, conv_impl
-from wan22_jax.models.vae_tiling import build_vae, encode
+from wan22_jax.models.vae import build_vae, encode
+from wan22_jax.models.vae_config import VAEConfig
+from wan22_jax.ops import Kernels, with_kernels
 
 
 def _loss(graphdef, params, video, latent_weight: float, l1_weight: float, fg_weight: float, conv: str):
-    # video [B, 3, T, H, W] in [-1, 1]
-    with conv_impl(conv):  # read while tracing: the whole step is lowered with this conv form
-        vae = nnx.merge(graphdef, params)
-        x = jnp.moveaxis(video, 1, -1)  # channels-last, as the modules run
-        mu = vae.encode_frames(x)
-        rec = vae.decode_frames(mu)
+    # video [B, 3, T, H, W] in [-1, 1]; `conv` picks the convolutions' implementation for this step's trace
+    vae = with_kernels(nnx.merge(graphdef, params), Kernels(conv=conv))
+    x = jnp.moveaxis(video, 1, -1)  # channels-last, as the modules run
+    mu = vae.encode_frames(x)
+    rec = vae.decode_frames(mu)
     err = rec - x
     mse = jnp.mean(jnp.square(err))
     # Mini-world shapes cover ~10% of a frame: a plain mean error sits for hundreds of steps on the "background
@@ -44,10 +44,10 @@ def _loss(graphdef, params, video, latent_weight: float, l1_weight: float, fg_we
 
 
 def make_vae_step(graphdef, *, steps: int, lr: float = 2e-3, latent_weight: float = 1e-4, l1_weight: float = 0.0,
-                  fg_weight: float = 0.0, conv: str = "auto"):
+                  fg_weight: float = 0.0, conv: str = "xla"):
     """(jitted step(params, opt_state, video) -> (params, opt_state, mse), optax transform) for AE training.
 
-    conv: the convolution lowering (`vae_blocks.conv_impl`); "im2col" for narrow VAEs on CPU.
+    conv: the convolutions' implementation (`wan22_jax.ops.Kernels.conv`); "im2col" for narrow VAEs on CPU.
     """
     sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(100, steps // 10 + 1), steps, lr * 0.05)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(sched))

@@ -55,7 +55,7 @@ def _video_encoder(vae_path):
     if vae_path is None:
         return None
     from wan22_jax.convert.vae import load_vae
-    from wan22_jax.models.vae_tiling import encode
+    from wan22_jax.models.vae import encode
     graphdef, state = nnx.split(load_vae(vae_path))
     return lambda video: encode(graphdef, state, video)
 

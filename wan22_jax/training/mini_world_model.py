@@ -4,7 +4,7 @@ from scratch on a 2-core CPU in well under an hour."""
 from __future__ import annotations
 
 from wan22_jax.configs import TaskConfig
-from wan22_jax.models.vae_blocks import VAEConfig
+from wan22_jax.models.vae_config import VAEConfig
 
 WORLD_SIZE = (64, 64)  # (height, width) of the clips, pixels
 WORLD_FRAMES = 5  # 2 latent frames

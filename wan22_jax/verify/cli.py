@@ -9,12 +9,14 @@ from pathlib import Path
 from safetensors.numpy import save_file
 
 from wan22_jax.errors import ConfigError, UnsupportedComponentError
+from wan22_jax.ops.options import add_kernel_arguments, kernels_from_args
 from wan22_jax.verify import find_cases, run_case
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("cases", nargs="+", help="reference case folders (or folders containing them)")
     p.add_argument("--save-outputs", metavar="DIR", help="write our outputs to DIR/<case>/outputs.safetensors")
+    add_kernel_arguments(p)
     p.add_argument("--mesh", metavar="SPEC", help="run sharded over a device mesh, e.g. fsdp=4,seq=2 (axes data, "
                    "fsdp, seq, tensor; the product must equal the device count)")
 
@@ -38,11 +40,16 @@ def main(args: argparse.Namespace) -> int:
         except ConfigError as e:
             print(f"error: --mesh: {e}", file=sys.stderr)
             return 2
+    try:
+        kernels = kernels_from_args(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     n_fail = 0
     unsupported = 0
     for d in dirs:
         try:
-            res = run_case(d, mesh=mesh)
+            res = run_case(d, mesh=mesh, kernels=kernels)
         except UnsupportedComponentError as e:
             print(f"{d.name}: UNSUPPORTED ({e})", file=sys.stderr)
             unsupported += 1

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from wan22_jax.convert.dit import load_dit
+from wan22_jax.ops import XLA, Kernels, with_kernels
 
 
 @jax.jit
@@ -14,7 +15,7 @@ def _forward(graphdef, state, x, t, context, y):
     return nnx.merge(graphdef, state)(x, t, context, y=y)
 
 
-def run(case, **options):
+def run(case, *, kernels: Kernels = XLA, **options):
     inp = case.inputs
     if case.component == "diffusers_dit":
         x, t, context, y = inp["x"], inp["timestep"], inp["encoder_hidden_states"], None
@@ -27,7 +28,7 @@ def run(case, **options):
             pt, ph, pw = model.cfg.patch_size
             n_tokens = (x.shape[2] // pt) * (x.shape[3] // ph) * (x.shape[4] // pw)
             t = t[:, :n_tokens]
-    graphdef, state = nnx.split(model)
+    graphdef, state = nnx.split(with_kernels(model, kernels))
     out = _forward(graphdef, state, jnp.asarray(x), jnp.asarray(t), jnp.asarray(context),
                    None if y is None else jnp.asarray(y))
     return {"out": out}

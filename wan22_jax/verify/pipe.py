@@ -17,6 +17,7 @@ from wan22_jax.configs import get_task
 from wan22_jax.convert.dit import load_dit
 from wan22_jax.convert.t5 import load_t5
 from wan22_jax.convert.vae import load_vae
+from wan22_jax.ops import XLA, Kernels, with_kernels
 from wan22_jax.pipeline import EXPERTS, Wan22Pipeline
 
 TASK_OF = {"pipe_t2v_moe": "t2v-A14B", "pipe_i2v_moe": "i2v-A14B", "pipe_ti2v_i2v": "ti2v-5B",
@@ -30,7 +31,7 @@ def _trimmed_context(t5, ids, mask):
     return np.array(hidden[0], np.float32)[: int(mask.sum())]  # a copy: a view could outlive its buffer
 
 
-def run(case, **options):
+def run(case, *, kernels: Kernels = XLA, **options):
     call, inp = case.call, case.inputs
     task = get_task(TASK_OF[case.component])
     task = dataclasses.replace(task, boundary=call.get("boundary", task.boundary),
@@ -38,12 +39,12 @@ def run(case, **options):
                                vae_stride=tuple(call["vae_stride"]), patch_size=tuple(call["patch_size"]))
     ckpt = case.checkpoint
     folders = {e: ckpt / e for e in EXPERTS} if task.two_experts else {"model": ckpt}
-    experts = {n: nnx.split(load_dit(f)) for n, f in folders.items()}
+    experts = {n: nnx.split(with_kernels(load_dit(f), kernels)) for n, f in folders.items()}
     dit_cfg = nnx.merge(*next(iter(experts.values()))).cfg
-    vae = load_vae(ckpt, version=call["vae_version"])
+    vae = with_kernels(load_vae(ckpt, version=call["vae_version"]), kernels)
     pipe = Wan22Pipeline(task, experts, dit_cfg, nnx.split(vae), vae.config, dtype=jnp.float32)
 
-    t5 = load_t5(ckpt, dtype=jnp.float32, param_dtype=jnp.float32)
+    t5 = with_kernels(load_t5(ckpt, dtype=jnp.float32, param_dtype=jnp.float32), kernels)
     context = _trimmed_context(t5, inp["prompt_ids"], inp["prompt_mask"])
     context_null = _trimmed_context(t5, inp["neg_prompt_ids"], inp["neg_prompt_mask"])
 

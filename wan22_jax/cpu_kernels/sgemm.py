@@ -1,42 +1,36 @@
-"""fp32 matmuls on the CPU through MKL's sgemm: an XLA FFI custom call (`cpu_sgemm.cc`), split over XLA's own
-intra-op threads, each piece a single-threaded MKL call.
+"""fp32 matmuls and a fused attention on the CPU through MKL's sgemm: XLA FFI custom calls (`sgemm.cc`), split
+over XLA's own intra-op threads, each piece a single-threaded MKL call.
 
-Why: on Intel CPUs MKL's sgemm is 1.25-1.3x faster than XLA:CPU's dot lowerings (YNNPACK, oneDNN or its own) at
-the DiT's shapes, and the official code (torch) runs on MKL. On an AMD EPYC (Zen 4) it is the other way round
-(XLA's dot 154-178 GFLOP/s, MKL 100-150 at the DiT's shapes), so by default (`WAN22_CPU_MATMUL=auto`) the Linears
-take MKL only on Intel CPUs, while the fused attention (whose logits never leave the cache; 1.5x XLA's blocked
-attention on both) runs wherever the kernel loads. `WAN22_CPU_MATMUL=mkl` puts the Linears on MKL everywhere.
-A BLAS with a thread pool of its own spins against XLA's threads (both slow down by a third when they alternate);
-single-threaded MKL on XLA's threads does not.
+Opt-in only: the ops layer calls this module where a model's `Kernels` says "cpu" (`wan22_jax.ops`); nothing here
+decides on its own to run. Why it exists: on Intel CPUs MKL's sgemm is 1.25-1.3x faster than XLA:CPU's dot at the
+DiT's shapes (on an AMD EPYC Zen 4 it is the other way round: XLA's dot 154-178 GFLOP/s, MKL 100-150, so pick
+`Kernels.cpu(("attention", "conv"))` there), and the fused attention, whose logits never leave the cache, is 1.5x
+XLA's blocked attention on both. A BLAS with a thread pool of its own spins against XLA's threads (both slow down
+by a third when they alternate); single-threaded MKL on XLA's threads does not.
 
-Used by `Linear` and the "xla" attention whenever both operands are fp32, the backend is the CPU, one device is
-visible and no mesh is set (a custom call has no sharding rule), and MKL is installed (`pip install mkl`, the
-`cpu` extra). Everything else, and `WAN22_CPU_MATMUL=xla`, takes XLA's dot. The kernel is compiled with the
-system's C++ compiler against jaxlib's FFI headers on first use and cached (`$WAN22_KERNEL_CACHE`, default
-~/.cache/wan22_jax/kernels); if MKL or the compiler is missing, XLA's dot is used and `status()` says why.
-Gradients (custom_vjp) are XLA dots.
+Where it applies (`applies`, `applies_attention`): fp32 operands, the CPU backend, one device and no mesh (a
+custom call has no sharding rule); elsewhere the ops layer runs XLA. MKL comes from the `cpu` extra
+(`pip install mkl`). The kernel is compiled with the system's C++ compiler against jaxlib's FFI headers on first
+use and cached (`$WAN22_KERNEL_CACHE`, default ~/.cache/wan22_jax/kernels); if MKL or the compiler is missing,
+`status()` says why and the ops layer logs it once. Gradients (custom_vjp) are XLA dots.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import glob
 import math
 import os
 import sys
-import threading
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wan22_jax.kernels import build
+from wan22_jax.cpu_kernels import build
 
-ENV = "WAN22_CPU_MATMUL"  # "auto" (the default), "mkl" or "xla"
-MODES = ("auto", "mkl", "xla")
 TARGET = "wan22_cpu_sgemm"
 ATTENTION_TARGET = "wan22_cpu_attention"
 # Products of fewer rows (the time-embedding MLP's one row per timestep) stay on XLA's dot: nothing to gain, and
@@ -44,8 +38,7 @@ ATTENTION_TARGET = "wan22_cpu_attention"
 # give different last bits.
 MIN_ROWS = 16
 MKL_THREADING_SEQUENTIAL = 1  # mkl_service.h: MKL_THREADING_INTEL 0, SEQUENTIAL 1, PGI 2, GNU 3, TBB 4
-_SOURCE = Path(__file__).with_name("cpu_sgemm.cc")
-_override = threading.local()  # mode: a MODES entry set by `mode()`, read at trace time
+_SOURCE = Path(__file__).with_name("sgemm.cc")
 
 
 def _mkl_library() -> Path:
@@ -71,80 +64,37 @@ def _load():
     return (mkl, kernel)
 
 
-def _env_mode() -> str:
-    value = os.environ.get(ENV, "auto")
-    if value not in MODES:
-        raise ValueError(f"{ENV}={value!r}: expected one of {', '.join(MODES)}")
-    return value
-
-
-def _mode() -> str:
-    return getattr(_override, "mode", None) or _env_mode()
-
-
-def cpu_vendor() -> str:
-    """/proc/cpuinfo's vendor_id (GenuineIntel, AuthenticAMD, ...), or '' where there is none."""
-    return build.cpuinfo("vendor_id")
-
-
-_kernel = build.Lazy(_load)
+_kernel = build.Lazy("sgemm", _load)
 
 
 def available() -> bool:
-    """Whether the MKL kernel is loaded (loading it on the first call); False under `WAN22_CPU_MATMUL=xla`."""
-    if _mode() == "xla":
-        return False
+    """Whether the MKL kernel is loaded (loading it on the first call)."""
     return _kernel.ok()
 
 
-def linears_on_mkl() -> bool:
-    """Whether fp32 Linears go to MKL: always under mode 'mkl', only on Intel CPUs under 'auto' (see above)."""
-    return available() and (_mode() == "mkl" or cpu_vendor() == "GenuineIntel")
+def ready() -> bool:
+    """`available()`, logging once why not (the ops layer then runs XLA)."""
+    return _kernel.ready()
 
 
 def status() -> str:
-    """'mkl' (Linears and attention), 'mkl attention, xla linears (...)', or 'xla (<why no kernel is used>)'."""
-    if _mode() == "xla":
-        return f"xla ({ENV}=xla)"
-    if not available():
-        return f"xla ({_kernel.why})"
-    if linears_on_mkl():
-        return "mkl"
-    return f"mkl attention, xla linears ({ENV}=auto on a {cpu_vendor() or 'non-Intel'} CPU)"
-
-
-@contextlib.contextmanager
-def mode(name: str):
-    """Trace with `WAN22_CPU_MATMUL=name` inside this block (jit decides at trace time: use a function not
-    traced before)."""
-    if name not in MODES:
-        raise ValueError(f"mode {name!r}: expected one of {', '.join(MODES)}")
-    old = getattr(_override, "mode", None)
-    _override.mode = name
-    try:
-        yield
-    finally:
-        _override.mode = old
-
-
-def disabled():
-    """Trace with XLA's dots and attention inside this block (`mode('xla')`)."""
-    return mode("xla")
+    """'mkl', or 'unavailable (<why>)'."""
+    return "mkl" if available() else f"unavailable ({_kernel.why})"
 
 
 def _eligible(arrays, rows: int) -> bool:
     return (all(x.dtype == jnp.float32 and x.size > 0 and max(x.shape) < 2**31 for x in arrays)
             and rows >= MIN_ROWS and jax.default_backend() == "cpu" and jax.device_count() == 1
-            and jax.sharding.get_abstract_mesh().empty and available())
+            and jax.sharding.get_abstract_mesh().empty)
 
 
-def use_for(a: jax.Array, w: jax.Array) -> bool:
-    """Whether a matmul of these operands goes through the kernel (decided at trace time)."""
-    return _eligible((a, w), math.prod(a.shape[:-1]) if w.ndim == 2 else a.shape[-2]) and linears_on_mkl()
+def applies(a: jax.Array, w: jax.Array) -> bool:
+    """Whether a Linear's product a [..., K] @ w [K, N] can run here (decided from shapes and dtypes)."""
+    return w.ndim == 2 and _eligible((a, w), math.prod(a.shape[:-1]))
 
 
-def use_for_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> bool:
-    """Whether `attention` runs for these [B, L, N, d] operands (each head's products have Lq rows)."""
+def applies_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> bool:
+    """Whether `attention` can run for these [B, L, N, d] operands (each head's products have Lq rows)."""
     return _eligible((q, k, v), q.shape[1])
 
 
@@ -176,16 +126,17 @@ _sgemm.defvjp(_sgemm_fwd, _sgemm_bwd)
 
 
 def matmul(a: jax.Array, w: jax.Array, *, transpose_w: bool = False) -> jax.Array:
-    """a [..., M, K] @ w [K, N] or [..., K, N] (w [..., N, K] with transpose_w), fp32 accumulation.
+    """a [..., M, K] @ w [K, N] or [..., K, N] (w [..., N, K] with transpose_w) on MKL, fp32.
 
-    MKL when `use_for(a, w)` and w is 2-D or has a's batch dims; XLA's dot otherwise (same result to rounding).
-    With a 2-D w every leading axis of a counts as rows of one product.
+    With a 2-D w every leading axis of a counts as rows of one product. Call where the kernel is loaded.
     """
-    if use_for(a, w) and (w.ndim == 2 or w.shape[:-2] == a.shape[:-2]):
-        if w.ndim == 2 and a.ndim > 2:  # a Linear: all leading axes are rows of one product
-            return _sgemm(a.reshape(-1, a.shape[-1]), w, transpose_w).reshape(*a.shape[:-1], -1)
-        return _sgemm(a, w, transpose_w)
-    return _xla_matmul(a, w, transpose_w)
+    if not available():
+        raise RuntimeError(f"the CPU sgemm kernel is not loaded: {status()}")
+    if w.ndim == 2 and a.ndim > 2:  # a Linear: all leading axes are rows of one product
+        return _sgemm(a.reshape(-1, a.shape[-1]), w, transpose_w).reshape(*a.shape[:-1], -1)
+    if w.ndim != 2 and w.shape[:-2] != a.shape[:-2]:
+        raise ValueError(f"sgemm.matmul: batch axes of a {a.shape} and w {w.shape} differ")
+    return _sgemm(a, w, transpose_w)
 
 
 # --------------------------------------------------------------------------------------- fused attention
@@ -227,7 +178,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, scale: 
     """softmax(scale * q k^T + bias) v per head, fused so that the logits stay in cache (fp32, on MKL).
 
     q [B, Lq, N, d], k and v [B, Lk, N, d], bias [B or 1, Lk] fp32 per key, -inf for a masked key.
-    Call only where `use_for_attention(q, k, v)` holds (see models/attention.py).
+    Call only where `applies_attention(q, k, v)` holds (see wan22_jax/ops/attention.py).
     """
     if not available():
         raise RuntimeError(f"the CPU attention kernel is not loaded: {status()}")

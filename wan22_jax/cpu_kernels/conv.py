@@ -1,4 +1,4 @@
-"""fp32 2-D/3-D convolutions on the CPU through oneDNN: an XLA FFI custom call (`cpu_conv.cc`).
+"""fp32 2-D/3-D convolutions on the CPU through oneDNN: an XLA FFI custom call (`conv.cc`).
 
 Why: the VAE decode is almost all 3x3(x3) convolutions, and oneDNN's brgemm convolution (the one torch, so the
 official code, runs on x86) reaches 160-215 GFLOP/s where XLA:CPU's reach 145-170 (2-core AMD EPYC Zen 4,
@@ -6,10 +6,10 @@ AVX-512; experiments/official/cpu_backends.py). oneDNN comes from PyPI's `onednn
 `onednn-devel-cpu-gomp` wheels (the `cpu` extra): the GNU-OpenMP build, whose threads are the process's
 libgomp team.
 
-Used by the VAE's `conv3d`/`conv2d` (models/vae_blocks.py) when the operands are fp32, the backend is the CPU,
-one device is visible and no mesh is set (a custom call has no sharding rule). `WAN22_CPU_CONV=xla`, or a
-missing oneDNN or compiler, keeps XLA's convolutions, and `status()` says why. The kernel is compiled on first
-use and cached like the sgemm kernel (wan22_jax/kernels/build.py). Gradients (custom_vjp) are XLA's.
+Opt-in only: used by the ops layer's convolutions (wan22_jax/ops/conv.py) where a model's `Kernels.conv` is
+"cpu" and `applies` holds (fp32, the CPU backend, one device, no mesh: a custom call has no sharding rule). A
+missing oneDNN or compiler leaves XLA's convolutions, `status()` says why and the ops layer logs it once. The
+kernel is compiled on first use and cached like the sgemm kernel (build.py). Gradients (custom_vjp) are XLA's.
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from wan22_jax.kernels import build
+from wan22_jax.cpu_kernels import build
 
-ENV = "WAN22_CPU_CONV"  # "onednn" (the default: used when available) or "xla"
 TARGET = "wan22_cpu_conv"
-_SOURCE = Path(__file__).with_name("cpu_conv.cc")
+_SOURCE = Path(__file__).with_name("conv.cc")
 
 
 def _onednn_root() -> Path:
@@ -56,34 +55,30 @@ def _load():
     return kernel
 
 
-_kernel = build.Lazy(_load)
-
-
-def _env_mode() -> str:
-    value = os.environ.get(ENV, "onednn")
-    if value not in ("onednn", "xla"):
-        raise ValueError(f"{ENV}={value!r}: expected 'onednn' or 'xla'")
-    return value
+_kernel = build.Lazy("convolution", _load)
 
 
 def available() -> bool:
-    """Whether the oneDNN kernel is loaded (loading it on the first call); False under `WAN22_CPU_CONV=xla`."""
-    return _env_mode() == "onednn" and _kernel.ok()
+    """Whether the oneDNN kernel is loaded (loading it on the first call)."""
+    return _kernel.ok()
+
+
+def ready() -> bool:
+    """`available()`, logging once why not (the ops layer then runs XLA)."""
+    return _kernel.ready()
 
 
 def status() -> str:
-    """'onednn', or 'xla (<why the kernel is not used>)'."""
-    if _env_mode() == "xla":
-        return f"xla ({ENV}=xla)"
-    return "onednn" if available() else f"xla ({_kernel.why})"
+    """'onednn', or 'unavailable (<why>)'."""
+    return "onednn" if available() else f"unavailable ({_kernel.why})"
 
 
-def use_for(x: jax.Array, kernel: jax.Array) -> bool:
-    """Whether a convolution of these channels-last operands (2 or 3 spatial axes) goes through oneDNN."""
+def applies(x: jax.Array, kernel: jax.Array) -> bool:
+    """Whether a convolution of these channels-last operands (2 or 3 spatial axes) can run on oneDNN."""
     return (x.ndim in (4, 5) and kernel.ndim == x.ndim
             and all(a.dtype == jnp.float32 and a.size > 0 and max(a.shape) < 2**31 for a in (x, kernel))
             and jax.default_backend() == "cpu" and jax.device_count() == 1
-            and jax.sharding.get_abstract_mesh().empty and available())
+            and jax.sharding.get_abstract_mesh().empty)
 
 
 def _dimension_numbers(rank: int):

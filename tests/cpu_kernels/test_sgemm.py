@@ -1,8 +1,8 @@
 """The MKL sgemm custom call equals XLA's dot (2-D, batched, K^T read in place, odd splits, vmap, gradients),
-is skipped where it must be, and a whole DiT forward through it equals the XLA-dot forward."""
+is skipped where it must be, and a whole DiT forward through it equals the XLA-dot forward (the kernels checked
+against the XLA path, the second parametrisation of the parity suite)."""
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -10,20 +10,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from wan22_jax.kernels import cpu_sgemm
+from cpu_extra import require
+from wan22_jax.cpu_kernels import sgemm as cpu_sgemm
 from wan22_jax.models.dit import DIT_PRESETS, WanModel
-
-if os.environ.get("CI") and os.environ.get(cpu_sgemm.ENV, "auto") != "xla":
-    # CI installs the cpu extra: the kernel must load there, so that these tests cannot pass by skipping
-    assert cpu_sgemm.available(), cpu_sgemm.status()
-pytestmark = pytest.mark.skipif(not cpu_sgemm.available(), reason=f"MKL kernel: {cpu_sgemm.status()}")
+from wan22_jax.ops import Kernels, attention, matmul, with_kernels
+from wan22_jax.ops.attention import _dense
 
 
-@pytest.fixture
-def mkl_linears():
-    """The Linears' sgemm on MKL whatever the CPU (under 'auto' only Intel CPUs take it)."""
-    with cpu_sgemm.mode("mkl"):
-        yield
+@pytest.fixture(autouse=True)
+def mkl():
+    require(cpu_sgemm, "mkl")
 
 
 def rel_err(a, b):
@@ -46,17 +42,16 @@ def _ref(a, w, transpose_w=False):
     ((3, 200, 64), (3, 64, 72), False),  # odd batch: products and rows both split
     ((2, 6, 128, 32), (2, 6, 300, 32), True),  # attention logits, K^T read in place
 ])
-def test_matches_float64_matmul(mkl_linears, a_shape, w_shape, transpose_w):
+def test_matches_float64_matmul(a_shape, w_shape, transpose_w):
     rng = np.random.default_rng(0)
     a, w = _x(rng, *a_shape), _x(rng, *w_shape)
-    assert cpu_sgemm.use_for(a, w)
     got = jax.jit(lambda a, w: cpu_sgemm.matmul(a, w, transpose_w=transpose_w))(a, w)
     assert "wan22_cpu_sgemm" in jax.jit(lambda a, w: cpu_sgemm.matmul(a, w, transpose_w=transpose_w)).lower(
         a, w).as_text()
     assert rel_err(got, _ref(a, w, transpose_w)) < 1e-6
 
 
-def test_vmap_and_gradients_equal_xla(mkl_linears):
+def test_vmap_and_gradients_equal_xla():
     rng = np.random.default_rng(1)
     a, w = _x(rng, 3, 40, 24), _x(rng, 24, 20)
     vm = jax.vmap(lambda x: cpu_sgemm.matmul(x, w))(a)
@@ -67,58 +62,41 @@ def test_vmap_and_gradients_equal_xla(mkl_linears):
 
     got = jax.grad(loss, argnums=(0, 1))(a, w, cpu_sgemm.matmul)
     ref = jax.grad(loss, argnums=(0, 1))(a, w, jnp.matmul)
-    for g, r in zip(got, ref):
+    for g, r in zip(got, ref, strict=True):
         assert rel_err(g, r) < 1e-5
     wt = _x(rng, 3, 30, 24)  # batched weight read transposed
     got = jax.grad(loss, argnums=(0, 1))(a, wt, lambda a, w: cpu_sgemm.matmul(a, w, transpose_w=True))
     ref = jax.grad(loss, argnums=(0, 1))(a, wt, lambda a, w: a @ jnp.swapaxes(w, -1, -2))
-    for g, r in zip(got, ref):
+    for g, r in zip(got, ref, strict=True):
         assert rel_err(g, r) < 1e-5
 
 
-def test_not_used_where_it_must_not_be(mkl_linears):
+def test_ops_matmul_takes_it_only_where_asked_and_where_it_applies():
     rng = np.random.default_rng(2)
     a, w = _x(rng, 64, 32), _x(rng, 32, 16)
-    assert cpu_sgemm.use_for(a, w)
-    assert not cpu_sgemm.use_for(a.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
-    assert not cpu_sgemm.use_for(a[:cpu_sgemm.MIN_ROWS - 1], w)  # a time-embedding row: XLA's dot
-    with cpu_sgemm.disabled():
-        assert not cpu_sgemm.use_for(a, w)
-        assert "wan22_cpu_sgemm" not in jax.jit(cpu_sgemm.matmul).lower(a, w).as_text()
+    lowered = lambda impl, a, w: jax.jit(lambda a, w: matmul(a, w, impl=impl)).lower(a, w).as_text()  # noqa: E731
+    assert "wan22_cpu_sgemm" in lowered("cpu", a, w)
+    assert "wan22_cpu_sgemm" not in lowered("xla", a, w)  # the default never takes a kernel
+    assert not cpu_sgemm.applies(a.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+    assert "wan22_cpu_sgemm" not in lowered("cpu", a.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+    # a time-embedding row stays on XLA's dot (MKL's small-M paths round differently)
+    assert "wan22_cpu_sgemm" not in lowered("cpu", a[:cpu_sgemm.MIN_ROWS - 1], w)
     assert cpu_sgemm.status() == "mkl"
 
 
-def test_auto_puts_linears_on_mkl_only_on_intel():
-    a, w = jnp.ones((64, 32)), jnp.ones((32, 16))
-    intel = cpu_sgemm.cpu_vendor() == "GenuineIntel"
-    with cpu_sgemm.mode("auto"):
-        assert cpu_sgemm.use_for(a, w) == intel
-        assert cpu_sgemm.use_for_attention(a[None, :, None], a[None, :, None], a[None, :, None])
-        assert cpu_sgemm.status().startswith("mkl")
-        assert ("wan22_cpu_sgemm" in jax.jit(cpu_sgemm.matmul).lower(a, w).as_text()) == intel
-    with cpu_sgemm.mode("xla"):
-        assert not cpu_sgemm.use_for_attention(a[None, :, None], a[None, :, None], a[None, :, None])
-        assert cpu_sgemm.status().startswith("xla")
-    with pytest.raises(ValueError, match="'mlk'"):
-        with cpu_sgemm.mode("mlk"):
-            pass
-
-
-def test_dit_forward_equals_the_xla_dot_forward(mkl_linears):
-    """1,280 tokens (blocked self-attention), a short prompt (the padding row), fp32: MKL vs XLA's dots."""
+def test_dit_forward_equals_the_xla_forward():
+    """1,280 tokens (blocked self-attention), a short prompt (the padding row), fp32: Kernels.cpu() vs XLA."""
     cfg = dataclasses.replace(DIT_PRESETS["tiny-t2v"], dim=64, num_heads=2, num_layers=2, text_len=32)
-    graphdef, state = nnx.split(WanModel(cfg, rngs=nnx.Rngs(0)))
+    model = WanModel(cfg, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(3)
     x, t, ctx = _x(rng, 1, 16, 4, 40, 32), jnp.array([700.0]), _x(rng, 1, 9, cfg.text_dim)
-
-    def fwd(s, x, t, c):
-        return nnx.merge(graphdef, s)(x, t, c)
-
-    assert "wan22_cpu_sgemm" in jax.jit(fwd).lower(state, x, t, ctx).as_text()
-    got = jax.jit(fwd)(state, x, t, ctx)
-    with cpu_sgemm.disabled():
-        ref = jax.jit(lambda *a: fwd(*a))(state, x, t, ctx)
-    assert rel_err(got, ref) < 1e-6
+    fwd = jax.jit(lambda graphdef, s, x, t, c: nnx.merge(graphdef, s)(x, t, c), static_argnums=0)
+    graphdef, state = nnx.split(model)
+    cpu_graphdef = nnx.split(with_kernels(model, Kernels.cpu()))[0]
+    text = fwd.lower(cpu_graphdef, state, x, t, ctx).as_text()
+    assert "wan22_cpu_sgemm" in text and "wan22_cpu_attention" in text
+    assert "wan22_cpu_" not in fwd.lower(graphdef, state, x, t, ctx).as_text()
+    assert rel_err(fwd(cpu_graphdef, state, x, t, ctx), fwd(graphdef, state, x, t, ctx)) < 1e-6
 
 
 def _softmax_attention64(q, k, v, bias, scale):
@@ -142,18 +120,18 @@ def test_fused_attention_matches_float64_softmax():
     fused = jax.grad(loss(lambda q, k, v: cpu_sgemm.attention(q, k, v, jnp.asarray(bias), 0.2)), (0, 1, 2))
     plain = jax.grad(loss(lambda q, k, v: cpu_sgemm._attention_reference(q, k, v, jnp.asarray(bias), 0.2)),
                      (0, 1, 2))
-    for g, r in zip(fused(q, k, v), plain(q, k, v)):
+    for g, r in zip(fused(q, k, v), plain(q, k, v), strict=True):
         assert rel_err(g, r) < 1e-5
 
 
 @pytest.mark.parametrize("lq", [200, 1600])
 def test_attention_entry_point_takes_the_fused_kernel(lq):
-    from wan22_jax.models.attention import _dense, attention
     rng = np.random.default_rng(5)
     q, k, v = _x(rng, 1, lq, 2, 64), _x(rng, 1, 90, 2, 64), _x(rng, 1, 90, 2, 64)
     mask = jnp.asarray(np.arange(90)[None] < 80)
-    fn = jax.jit(lambda q, k, v: attention(q, k, v, kv_mask=mask))
+    fn = jax.jit(lambda q, k, v: attention(q, k, v, kv_mask=mask, impl="cpu"))
     assert "wan22_cpu_attention" in fn.lower(q, k, v).as_text()
-    with cpu_sgemm.disabled():
-        ref = _dense(q, k, v, mask, None, 64 ** -0.5)
+    xla = jax.jit(lambda q, k, v: attention(q, k, v, kv_mask=mask))
+    assert "wan22_cpu_attention" not in xla.lower(q, k, v).as_text()
+    ref = _dense(q, k, v, mask, None, 64 ** -0.5)
     assert rel_err(fn(q, k, v), ref) < 2e-6

@@ -1,10 +1,12 @@
-"""One attention entry point with selectable implementations.
+"""One attention entry point with selectable implementations (the `attention` field of `ops.Kernels`).
 
 * "xla": the reference, written out: logits in fp32, fp32 softmax, probabilities cast to the value dtype for the
   PV product (what flash attention does). Runs everywhere; the parity suite uses it. Above 1,024 queries it runs
-  one cache-sized block of queries at a time and normalises after the PV product (`_blocked`). In fp32 on a
-  CPU with MKL installed, the same algorithm runs as one fused kernel (`wan22_jax.kernels.cpu_sgemm.attention`:
-  per head and block of query rows, the logits stay in the core's cache).
+  one cache-sized block of queries at a time and normalises after the PV product (`_blocked`). fp32 products run
+  at Precision.HIGHEST (no TF32 / bf16 passes), bf16 ones at the default.
+* "cpu": the same algorithm as one fused kernel on MKL (`wan22_jax.cpu_kernels.sgemm.attention`: per head and
+  block of query rows, the logits stay in the core's cache), where it applies (fp32, CPU, one device, no logits
+  bias); "xla" elsewhere.
 * "dot_product": `jax.nn.dot_product_attention`, letting XLA pick the backend.
 * "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`, cuDNN flash attention on NVIDIA GPUs
   (bf16/fp16 inputs only).
@@ -21,9 +23,11 @@ import math
 import jax
 import jax.numpy as jnp
 
-from wan22_jax.kernels import cpu_sgemm
+from wan22_jax.cpu_kernels import sgemm
+from wan22_jax.ops.kernels import ATTENTIONS
+from wan22_jax.ops.matmul import precision_for
 
-IMPLEMENTATIONS = ("xla", "dot_product", "cudnn", "splash")
+IMPLEMENTATIONS = ATTENTIONS
 SPLASH_BLOCK = 128  # the kernel's default block: sequences are padded to a multiple of it
 
 
@@ -47,13 +51,15 @@ def query_block(lq: int, lk: int | None = None, heads: int = 1, lo: int = 128, h
 
 
 def _dense(q, k, v, kv_mask, bias, scale):
-    logits = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32) * scale
+    logits = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32,
+                        precision=precision_for(q, k)) * scale
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
     if kv_mask is not None:
         logits = jnp.where(kv_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bnqk,bknd->bqnd", probs, v, preferred_element_type=jnp.float32)
+    out = jnp.einsum("bnqk,bknd->bqnd", probs, v, preferred_element_type=jnp.float32,
+                     precision=precision_for(probs, v))
     return out.astype(q.dtype)
 
 
@@ -71,14 +77,16 @@ def _blocked(q, k, v, kv_mask, scale, block, key_bias=None):
     blocks = jnp.transpose(qs.reshape(b, lq // block, block, n, d), (1, 0, 3, 2, 4))  # [nb, B, N, block, d]
 
     def one(qb):
-        logits = jnp.matmul(qb, kt, preferred_element_type=jnp.float32)  # [B, N, block, Lk]
+        logits = jnp.matmul(qb, kt, preferred_element_type=jnp.float32,
+                            precision=precision_for(qb, kt))  # [B, N, block, Lk]
         if key_bias is not None:
             logits = logits + key_bias
         if kv_mask is not None:
             logits = jnp.where(kv_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
         m = jnp.max(logits, axis=-1, keepdims=True)
         p = jnp.exp(logits - m)
-        out = jnp.matmul(p.astype(v.dtype), vt, preferred_element_type=jnp.float32)
+        out = jnp.matmul(p.astype(v.dtype), vt, preferred_element_type=jnp.float32,
+                         precision=precision_for(vt))
         return out / jnp.sum(p, axis=-1, keepdims=True)
 
     out = jax.lax.map(one, blocks)  # [nb, B, N, block, d]
@@ -95,7 +103,7 @@ def _fused_cpu(q, k, v, kv_mask, key_bias, scale):
     kb = jnp.zeros((1, k.shape[1]), jnp.float32) if key_bias is None else _per_key(key_bias)
     if kv_mask is not None:
         kb = jnp.where(kv_mask, kb, -jnp.inf)
-    return cpu_sgemm.attention(q, k, v, kb, scale).astype(q.dtype)
+    return sgemm.attention(q, k, v, kb, scale).astype(q.dtype)
 
 
 @functools.lru_cache(maxsize=32)
@@ -152,9 +160,11 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, kv_mask: jax.Array | 
         return _splash(q, k, v, kv_mask, scale)
     if key_bias is not None and q.dtype != jnp.float32:
         impl = "xla"  # the other kernels take the bias in q's dtype: a bf16 log-count is 2 % off
-    if impl in ("xla", "splash"):
-        if bias is None and cpu_sgemm.use_for_attention(q, k, v):
+    if impl == "cpu":
+        if bias is None and sgemm.applies_attention(q, k, v) and sgemm.ready():
             return _fused_cpu(q, k, v, kv_mask, key_bias, scale)
+        impl = "xla"
+    if impl in ("xla", "splash"):
         block = query_block(q.shape[1], k.shape[1], q.shape[2]) if bias is None else None
         if block is not None:
             return _blocked(q, k, v, kv_mask, scale, block,

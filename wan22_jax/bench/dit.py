@@ -18,7 +18,8 @@ from wan22_jax.flops import dit_forward_flops, peak_flops
 from wan22_jax.kernels import cpu_sgemm
 from wan22_jax.models.attention import IMPLEMENTATIONS
 from wan22_jax.models.dit import DIT_PRESETS, WanModel
-from wan22_jax.sharding import init_sharded, make_mesh, mesh_context
+from wan22_jax.sharding import make_mesh, mesh_context
+from wan22_jax.sharding.loading import init_sharded
 
 DTYPES = {"bf16": jnp.bfloat16, "fp32": jnp.float32}
 

@@ -8,7 +8,8 @@ import pytest
 from wan22_jax.models.vae_blocks import VAEConfig
 from wan22_jax.models.vae_tiling import decode, random_vae
 from wan22_jax.presets import random_pipeline
-from wan22_jax.sharding import make_mesh, shard_pipeline, vae_decode
+from wan22_jax.sharding import make_mesh
+from wan22_jax.sharding.loading import shard_pipeline, vae_decode
 from wan22_jax.verify import default_reference_dir, relative_error, run_case
 
 

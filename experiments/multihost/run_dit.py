@@ -1,9 +1,9 @@
 """One process of a multi-host sharded DiT forward (CPU stand-in for a multi-host GPU/TPU job).
 
 Every process runs this same script; `wan22_jax.sharding.distributed.initialize_distributed` reads
-JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. Each process converts only the slices of the checkpoint that its own
-devices hold, the forward runs over the global mesh, and each process writes the gathered output plus how many
-parameter elements it read:
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. Each process converts only the slices of the
+checkpoint that its own devices hold, the forward runs over the global mesh, and each process writes the gathered
+output plus how many parameter elements it read:
 
     python experiments/multihost/launch.py CASE_DIR --processes 2 --devices-per-process 4 --mesh fsdp=8
 """

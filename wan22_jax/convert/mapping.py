@@ -19,7 +19,7 @@ import numpy as np
 
 from wan22_jax.errors import WeightMappingError
 from wan22_jax.io.tensor_source import TensorSource
-from wan22_jax.state import fill_state, flat_state  # re-exported: the converters' state views
+from wan22_jax.state import fill_state, flat_state  # noqa: F401 (re-exported for the converters)
 
 Transform = Callable[[Any], Any]
 

@@ -7,6 +7,9 @@ import importlib
 import os
 import sys
 
+from wan22_jax.compile_cache import enable_compilation_cache
+from wan22_jax.sharding.distributed import initialize_distributed
+
 # subcommand -> (module with add_arguments/main, help). Modules are imported only when their command runs,
 # so `wan22 --help` stays fast and a missing optional piece breaks only its own command.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -39,10 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):  # one process per host: join the others before any JAX work
-        from wan22_jax.sharding import initialize_distributed
         initialize_distributed()
     if args.command in ("generate", "verify"):  # not bench: it reports compile times
-        from wan22_jax.compile_cache import enable_compilation_cache
         enable_compilation_cache()
     if getattr(args, "_missing", None):
         print(f"error: {args._missing}", file=sys.stderr)

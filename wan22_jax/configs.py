@@ -7,7 +7,10 @@ checkpoint does not say: the conditioning mode, the expert boundary, and the def
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
+from wan22_jax.config_utils import config_from_dict
 from wan22_jax.errors import InputError
 
 # The official default negative prompt (wan/configs/shared_config.py); parity needs the exact string.
@@ -104,10 +107,6 @@ TASK_FILE = "task.json"  # a checkpoint folder's own task (the mini-world model 
 
 def load_task_file(path) -> TaskConfig:
     """The TaskConfig stored in `path` (a task.json), strictly parsed."""
-    import json
-    from pathlib import Path
-
-    from wan22_jax.config_utils import config_from_dict
     try:
         raw = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:

@@ -7,11 +7,15 @@ import sys
 import time
 from pathlib import Path
 
+import jax.numpy as jnp
 
 from wan22_jax.bench.timing import peak_bytes
+from wan22_jax.conditioning import check_frames
 from wan22_jax.configs import TASKS
 from wan22_jax.errors import Wan22Error
-from wan22_jax.presets import PRESETS
+from wan22_jax.pipeline import Wan22Pipeline
+from wan22_jax.presets import PRESETS, random_pipeline
+from wan22_jax.sharding.loading import shard_pipeline
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,20 +47,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import jax.numpy as jnp
-
-    from wan22_jax.pipeline import Wan22Pipeline
-
     t0 = time.perf_counter()
     try:
         if args.frames is not None:  # cheap checks first: a bad argument should not wait for a model load
-            from wan22_jax.conditioning import check_frames
             check_frames(args.frames)
         if args.preset:
-            from wan22_jax.presets import random_pipeline
             pipe = random_pipeline(args.task or "ti2v-5B", seed=0)
             if args.mesh:
-                from wan22_jax.sharding import shard_pipeline
                 shard_pipeline(pipe, args.mesh)
         else:
             dtype = None if args.dtype is None else (jnp.bfloat16 if args.dtype == "bf16" else jnp.float32)

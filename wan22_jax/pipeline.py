@@ -173,7 +173,8 @@ class Wan22Pipeline:
             straight onto their shards and denoising runs sharded; None: one device.
         """
         from wan22_jax.convert.dit import load_dit
-        from wan22_jax.sharding import make_mesh, shard_pipeline
+        from wan22_jax.sharding import make_mesh
+        from wan22_jax.sharding.loading import shard_pipeline
         from wan22_jax.convert.vae import load_vae
 
         if path is None:
@@ -231,7 +232,7 @@ class Wan22Pipeline:
         return encode(*self.vae, jnp.asarray(video, jnp.float32), tiling=self.vae_tiling)
 
     def vae_decode(self, latents) -> jax.Array:
-        from wan22_jax.sharding import vae_decode
+        from wan22_jax.sharding.loading import vae_decode
         return vae_decode(*self.vae, jnp.asarray(latents, jnp.float32), self.mesh, tiling=self.vae_tiling)
 
     def image_conditioning(self, img: np.ndarray | None, num_frames: int, shape: tuple[int, ...], batch: int):

@@ -10,8 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from wan22_jax.configs import get_task
-from wan22_jax.convert.dit import random_dit
-from wan22_jax.models.dit import DiTConfig
+from wan22_jax.models.dit import DiTConfig, random_dit
 from wan22_jax.models.t5 import T5Config, random_t5
 from wan22_jax.models.tokenizer import Tokenizer
 from wan22_jax.models.tokenizer_training import train_tokenizer

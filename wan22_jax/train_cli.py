@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from wan22_jax.errors import ConfigError
+from wan22_jax.training.loop import train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,8 +20,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from wan22_jax.training.loop import train
-
     path = Path(args.config)
     try:
         config = json.loads(path.read_text())

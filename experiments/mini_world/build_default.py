@@ -33,9 +33,9 @@ def stage_vae(run: Path, steps: int) -> Path:
     from flax import nnx
 
     from wan22_jax.config_utils import config_from_dict
-    from wan22_jax.convert.mapping import fill_state, flat_state
     from wan22_jax.models.vae_config import VAEConfig
     from wan22_jax.models.vae import build_vae
+    from wan22_jax.state import fill_state, flat_state
     from wan22_jax.training.export import export_vae
     import train_vae
 
@@ -75,8 +75,8 @@ def stage_assemble(run: Path, out: Path) -> Path:
 
     from wan22_jax.config_utils import config_from_dict, config_to_dict
     from wan22_jax.convert.dit import load_dit
-    from wan22_jax.convert.mapping import flat_state
     from wan22_jax.models.t5 import T5Config, random_t5
+    from wan22_jax.state import flat_state
     from wan22_jax.training.export import export_dit, export_t5, export_tokenizer
     from wan22_jax.training.text import TextConfig
     from wan22_jax.training.mini_world_model import MINI_WORLD_TASK

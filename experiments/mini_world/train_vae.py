@@ -23,9 +23,9 @@ import numpy as np
 from flax import nnx
 
 from wan22_jax.config_utils import config_to_dict
-from wan22_jax.convert.mapping import fill_state, flat_state
 from wan22_jax.data.mini_world import MiniWorld, to_uint8_frames
 from wan22_jax.models.vae import build_vae, decode, encode
+from wan22_jax.state import fill_state, flat_state
 from wan22_jax.training.autoencoder import make_vae_step, with_latent_stats
 from wan22_jax.training.mini_world_model import VAE_CONFIG, WORLD_FRAMES, WORLD_SIZE
 

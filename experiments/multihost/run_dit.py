@@ -1,9 +1,9 @@
 """One process of a multi-host sharded DiT forward (CPU stand-in for a multi-host GPU/TPU job).
 
-Every process runs this same script; `wan22_jax.sharding.initialize_distributed` reads JAX_COORDINATOR_ADDRESS,
-JAX_NUM_PROCESSES and JAX_PROCESS_ID. Each process converts only the slices of the checkpoint that its own
-devices hold, the forward runs over the global mesh, and each process writes the gathered output plus how many
-parameter elements it read:
+Every process runs this same script; `wan22_jax.sharding.distributed.initialize_distributed` reads
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. Each process converts only the slices of the
+checkpoint that its own devices hold, the forward runs over the global mesh, and each process writes the gathered
+output plus how many parameter elements it read:
 
     python experiments/multihost/launch.py CASE_DIR --processes 2 --devices-per-process 4 --mesh fsdp=8
 """
@@ -24,7 +24,7 @@ def main() -> int:
     p.add_argument("--out", required=True, help="folder for out_<process>.npy and stats_<process>.json")
     args = p.parse_args()
 
-    from wan22_jax.sharding import initialize_distributed
+    from wan22_jax.sharding.distributed import initialize_distributed
     initialize_distributed()  # before anything touches a device
 
     import jax
@@ -32,10 +32,12 @@ def main() -> int:
     from flax import nnx
     from jax.experimental import multihost_utils
 
-    from wan22_jax.convert.dit import abstract_dit, dit_table, read_dit_config
-    from wan22_jax.convert.mapping import fill_state
+    from wan22_jax.convert.dit import dit_table, read_dit_config
+    from wan22_jax.models.dit import abstract_dit
     from wan22_jax.io.tensor_source import SafetensorsSource
-    from wan22_jax.sharding import convert_sharded, make_mesh, mesh_context
+    from wan22_jax.sharding import make_mesh, mesh_context
+    from wan22_jax.sharding.loading import convert_sharded
+    from wan22_jax.state import fill_state
     from wan22_jax.verify import load_case
 
     case = load_case(args.case)

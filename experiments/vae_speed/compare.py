@@ -69,11 +69,12 @@ def main() -> int:
     scale = [torch.zeros(z_dim), torch.ones(z_dim)]
 
     import jax
-    from wan22_jax.convert.mapping import convert, fill_state, flat_state
+    from wan22_jax.convert.mapping import convert
     from wan22_jax.convert.vae import abstract_vae, official_table
     from wan22_jax.io.tensor_source import DictSource
     from wan22_jax.models.vae_config import preset
     from wan22_jax.models.vae import decode
+    from wan22_jax.state import fill_state, flat_state
 
     cfg = preset("wan2.1" if args.which == "2.1" else "wan2.2")
     graphdef, abstract = abstract_vae(cfg)

@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -12,11 +11,12 @@ from safetensors.numpy import save_file
 
 from refcases import REFERENCE_DIR
 from dit_reference import official_state_dict
-from wan22_jax.convert.dit import DIFFUSERS, OFFICIAL, abstract_dit, dit_table, load_dit, read_dit_config
-from wan22_jax.convert.mapping import check, flat_state
+from wan22_jax.convert.dit import DIFFUSERS, OFFICIAL, dit_table, load_dit, read_dit_config
+from wan22_jax.convert.mapping import check
 from wan22_jax.errors import CheckpointFormatError, ConfigError, WeightMappingError
 from wan22_jax.io.tensor_source import DictSource, ShapeSource
-from wan22_jax.models.dit import DIT_PRESETS
+from wan22_jax.models.dit import DIT_PRESETS, abstract_dit
+from wan22_jax.state import flat_state
 
 MANIFESTS = REFERENCE_DIR / "manifests"
 

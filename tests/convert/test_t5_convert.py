@@ -14,12 +14,13 @@ import pytest
 from flax import nnx
 
 from models.test_t5 import make_hf_umt5, random_inputs, run_ours, save_diffusers
-from wan22_jax.convert.mapping import check, flat_state
-from wan22_jax.convert.t5 import (OFFICIAL_WEIGHTS, abstract_t5, diffusers_table, embedding_keys_of, load_t5,
-                                  official_table, open_t5_checkpoint, t5_config_from_transformers)
+from wan22_jax.convert.mapping import check
+from wan22_jax.convert.t5 import (OFFICIAL_WEIGHTS, diffusers_table, embedding_keys_of, load_t5, official_table,
+                                  open_t5_checkpoint, t5_config_from_transformers)
 from wan22_jax.errors import CheckpointFormatError, ConfigError, WeightMappingError
 from wan22_jax.io.tensor_source import DictSource, ShapeSource
-from wan22_jax.models.t5 import PRESETS, t5_config
+from wan22_jax.models.t5 import PRESETS, abstract_t5, t5_config
+from wan22_jax.state import flat_state
 
 torch = pytest.importorskip("torch")
 

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from wan22_jax.convert.mapping import check, flat_state
+from wan22_jax.convert.mapping import check
 from wan22_jax.convert.vae import (
     abstract_vae, diffusers_table, load_vae, official_table, read_diffusers_config, read_official_config)
 from wan22_jax.errors import CheckpointFormatError, ConfigError, WeightMappingError
 from wan22_jax.io.tensor_source import DictSource, ShapeSource
 from wan22_jax.io.torch_pickle import load_pth
 from wan22_jax.models.vae_config import normalize_latent, preset
+from wan22_jax.state import flat_state
 from wan22_jax.verify import load_case, relative_error
 
 MANIFESTS = [

@@ -7,9 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wan22_jax.convert.dit import random_dit
 from wan22_jax.errors import InputError
-from wan22_jax.models.dit import DIT_PRESETS
+from wan22_jax.models.dit import DIT_PRESETS, random_dit
 from wan22_jax.models.step_cache import StepCache
 from wan22_jax.presets import random_pipeline
 

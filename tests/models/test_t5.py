@@ -15,13 +15,13 @@ import pytest
 from flax import nnx
 
 from wan22_jax.config_utils import config_to_dict
-from wan22_jax.convert.mapping import fill_state, flat_state
 from wan22_jax.convert.t5 import abstract_t5, load_t5
 from wan22_jax.errors import ConfigError, InputError
 from wan22_jax.ops import Kernels
 from wan22_jax.models.t5 import (PRESETS, T5Config, T5Encoder, random_t5, relative_position_buckets, t5_config,
                                  t5_config_from_dict, t5_forward, validate_inputs)
 from wan22_jax.verify import relative_error
+from wan22_jax.state import fill_state, flat_state
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from wan22_jax.convert.mapping import flat_state
 from wan22_jax.errors import InputError
 from wan22_jax.models import vae22
 from wan22_jax.models import vae as vae_api
@@ -26,6 +25,7 @@ from wan22_jax.models.vae import build_vae, decode, encode
 from wan22_jax.models.vae_config import denormalize_latent, normalize_latent, preset
 from wan22_jax.models.vae_layers import AttentionBlock, CausalConv3d, Resample, ResidualBlock
 from wan22_jax.ops import Kernels, with_kernels
+from wan22_jax.state import flat_state
 
 
 # ----------------------------------------------------------------------------------------------- helpers

@@ -22,11 +22,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from test_vae import FAST_COMPILE, random_vae, rel_err
-from wan22_jax.convert.mapping import fill_state, flat_state
 from wan22_jax.errors import ConfigError
 from wan22_jax.models.vae_config import preset
-from wan22_jax.models.vae import decode, encode, random_vae
+from wan22_jax.models import vae as vae_api
+from wan22_jax.models.vae import decode, encode
 from wan22_jax.models.vae_tiling import Tiling, blend_weights, tile_starts, tiled
+from wan22_jax.state import fill_state, flat_state
 
 
 def _weight_map(length, tile, overlap, ratio):
@@ -95,7 +96,7 @@ def _local_vae():
     """A small Wan2.2 VAE (one residual block per stage, for compile time) with every spatial 3x3 kernel cut to
     its centre tap and the attention output zeroed."""
     cfg = dataclasses.replace(preset("tiny2.2"), num_res_blocks=1)
-    graphdef, state = random_vae(cfg, seed=3)
+    graphdef, state = vae_api.random_vae(cfg, seed=3)
     out = {}
     for path, v in flat_state(state).items():
         v = np.array(v)

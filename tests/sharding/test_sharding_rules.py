@@ -12,9 +12,10 @@ from hypothesis import given, strategies as st
 from jax.sharding import PartitionSpec as P
 
 from wan22_jax.errors import ConfigError
-from wan22_jax.sharding import (RULES, SNAPSHOT_PRESETS, _abstract_dit_state, frame_tokens, initialize_distributed,
-                                make_mesh, memory_estimate, pad_frames, param_bytes_per_device, parse_mesh_spec,
-                                resolve_spec, snapshot, unpad_frames)
+from wan22_jax.sharding import RULES, frame_tokens, make_mesh, pad_frames, parse_mesh_spec, resolve_spec, unpad_frames
+from wan22_jax.sharding.distributed import initialize_distributed
+from wan22_jax.sharding.memory import (SNAPSHOT_PRESETS, abstract_dit_state, memory_estimate, param_bytes_per_device,
+                                       snapshot)
 
 SNAPSHOT = Path(__file__).parents[1] / "data" / "sharding_snapshot.json"
 
@@ -91,7 +92,7 @@ def test_sharding_snapshot_is_current():
 
 @pytest.mark.parametrize("preset", SNAPSHOT_PRESETS)
 def test_fsdp8_holds_an_eighth_of_the_full_size_params(preset):
-    state = _abstract_dit_state(preset)
+    state = abstract_dit_state(preset)
     total = param_bytes_per_device(state, "dit", {"fsdp": 1})
     per_device = param_bytes_per_device(state, "dit", {"fsdp": 8})
     assert total / 8 <= per_device <= total / 8 * 1.005

@@ -6,14 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from wan22_jax.convert.dit import load_dit, random_dit
-from wan22_jax.convert.mapping import flat_state
+from wan22_jax.convert.dit import load_dit
 from wan22_jax.convert.t5 import load_t5
 from wan22_jax.convert.vae import load_vae
-from wan22_jax.models.dit import DIT_PRESETS
+from wan22_jax.models.dit import DIT_PRESETS, random_dit
 from wan22_jax.models.t5 import PRESETS as T5_PRESETS, random_t5
 from wan22_jax.models.vae_config import VAEConfig
 from wan22_jax.models.vae import random_vae
+from wan22_jax.state import flat_state
 from wan22_jax.training.export import export_dit, export_t5, export_vae
 
 

@@ -19,7 +19,8 @@ from wan22_jax.cpu_kernels import sgemm as cpu_sgemm
 from wan22_jax.ops.kernels import ATTENTIONS
 from wan22_jax.ops.options import add_kernel_arguments, kernels_from_args
 from wan22_jax.models.dit import DIT_PRESETS, WanModel
-from wan22_jax.sharding import init_sharded, make_mesh, mesh_context
+from wan22_jax.sharding import make_mesh, mesh_context
+from wan22_jax.sharding.loading import init_sharded
 
 DTYPES = {"bf16": jnp.bfloat16, "fp32": jnp.float32}
 

@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from wan22_jax.config_utils import config_from_dict, config_to_dict
-from wan22_jax.convert.mapping import (Rule, check, conv3d, convert, fill_state, flat_state, identity, linear,
-                                       stacked)
+from wan22_jax.convert.mapping import Rule, check, conv3d, convert, identity, linear, stacked
 from wan22_jax.errors import CheckpointFormatError, ConfigError
 from wan22_jax.io.orbax_io import MANIFEST, load_params, read_manifest, save_params
 from wan22_jax.io.tensor_source import DictSource, SafetensorsSource, TensorSource
-from wan22_jax.models.dit import DiTConfig, WanModel
+from wan22_jax.models.dit import DiTConfig, WanModel, abstract_dit
+from wan22_jax.sharding import context_mesh
+from wan22_jax.sharding.loading import convert_sharded, load_params_sharded
+from wan22_jax.state import fill_state, flat_state
 
 OFFICIAL, DIFFUSERS = "official", "diffusers"
 
@@ -147,33 +147,6 @@ def read_dit_config(folder: str | Path) -> tuple[DiTConfig, str]:
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def abstract_dit(cfg: DiTConfig, *, dtype=jnp.float32, param_dtype=jnp.float32):
-    """(graphdef, abstract state) of a WanModel without allocating any parameter."""
-    return nnx.split(nnx.eval_shape(lambda: WanModel(cfg, dtype=dtype, param_dtype=param_dtype)))
-
-
-def random_dit(cfg: DiTConfig, seed: int = 0, *, dtype=jnp.float32, param_dtype=jnp.float32) -> WanModel:
-    """A WanModel with random weights drawn on the host with numpy, leaf by leaf (the reference cases' scheme:
-    kernels N(0, 1/fan_in), biases 0.1 N, norm weights 1 + 0.1 N, modulations 0.1 N). Building with `nnx.Rngs`
-    instead compiles one random op per parameter shape, which dominates the cost of small models, and a
-    full-size one would be drawn on the device. For tests, presets and benchmarks."""
-    graphdef, abstract = abstract_dit(cfg, dtype=dtype, param_dtype=param_dtype)
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for path, leaf in flat_state(abstract).items():
-        shape, name = tuple(leaf.shape), path.rsplit(".", 1)[-1]
-        x = rng.standard_normal(shape, dtype=np.float32)
-        if name == "kernel":
-            fan_in = math.prod(shape[-5:-1]) if path == "patch_embedding.kernel" else shape[-2]
-            x *= np.float32(1.0 / math.sqrt(fan_in))
-        elif name == "weight":  # norms
-            x = 1.0 + np.float32(0.1) * x
-        else:  # biases, modulations
-            x *= np.float32(0.1)
-        arrays[path] = jnp.asarray(x.astype(leaf.dtype))
-    return nnx.merge(graphdef, fill_state(abstract, arrays))
-
-
 def convert_dit(source: TensorSource, cfg: DiTConfig, layout: str, *, dtype=jnp.float32,
                 param_dtype=jnp.float32):
     """Checks and converts a DiT checkpoint. Returns (graphdef, state) with concrete arrays."""
@@ -199,7 +172,6 @@ def load_dit(folder: str | Path, *, dtype=jnp.float32, param_dtype=jnp.float32,
       process reading only the slices its devices hold; None: the mesh set by `jax.set_mesh` if any, else the
       default device.
     """
-    from wan22_jax.sharding import context_mesh
     folder = Path(folder)
     mesh = mesh if mesh is not None else context_mesh()
     if (folder / MANIFEST).is_file():
@@ -212,7 +184,6 @@ def load_dit(folder: str | Path, *, dtype=jnp.float32, param_dtype=jnp.float32,
         graphdef, abstract = abstract_dit(cfg, dtype=dtype, param_dtype=param_dtype)
         expected = flat_state(abstract)
         if mesh is not None:
-            from wan22_jax.sharding import load_params_sharded
             return nnx.merge(graphdef, fill_state(abstract, load_params_sharded(folder, abstract, "dit", mesh)))
         arrays = load_params(folder)
         check([Rule(k, k) for k in expected], DictSource(arrays, str(folder)), expected)
@@ -223,7 +194,6 @@ def load_dit(folder: str | Path, *, dtype=jnp.float32, param_dtype=jnp.float32,
         cfg = dataclasses.replace(cfg, **config_overrides)
     source = SafetensorsSource.from_folder(folder)
     if mesh is not None:
-        from wan22_jax.sharding import convert_sharded
         graphdef, abstract = abstract_dit(cfg, dtype=dtype, param_dtype=param_dtype)
         return nnx.merge(graphdef, fill_state(abstract, convert_sharded(dit_table(cfg, layout), source, abstract,
                                                                         "dit", mesh)))

@@ -16,10 +16,10 @@ from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import numpy as np
-from flax import nnx
 
 from wan22_jax.errors import WeightMappingError
 from wan22_jax.io.tensor_source import TensorSource
+from wan22_jax.state import fill_state, flat_state
 
 Transform = Callable[[Any], Any]
 
@@ -87,25 +87,6 @@ class Rule:
 
 def stacked(ours: str, src: str, n: int, transform: Transform = identity) -> Rule:
     return Rule(ours, src, transform, stack=n)
-
-
-# ----------------------------------------------------------------------------------------------- state views
-def flat_state(state: nnx.State) -> dict[str, Any]:
-    """NNX state -> {dotted path: leaf value} (a ShapeDtypeStruct for abstract states)."""
-    out = {}
-    for path, var in nnx.to_flat_state(state):
-        out[".".join(str(p) for p in path)] = var.get_value() if hasattr(var, "get_value") else var.value
-    return out
-
-
-def fill_state(abstract: nnx.State, arrays: Mapping[str, Any]) -> nnx.State:
-    """Returns `abstract` with every leaf replaced by `arrays[dotted path]` (metadata kept)."""
-    flat = nnx.to_flat_state(abstract)
-    leaves = []
-    for path, var in flat:
-        key = ".".join(str(p) for p in path)
-        leaves.append((path, var.replace(arrays[key])))
-    return nnx.from_flat_state(leaves)
 
 
 # ----------------------------------------------------------------------------------------------- the engine

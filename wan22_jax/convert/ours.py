@@ -13,10 +13,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from wan22_jax.config_utils import config_from_dict, config_to_dict
-from wan22_jax.convert.mapping import Rule, check, fill_state, flat_state
+from wan22_jax.convert.mapping import Rule, check
 from wan22_jax.errors import CheckpointFormatError
 from wan22_jax.io.orbax_io import MANIFEST, load_params, read_manifest, save_params
 from wan22_jax.io.tensor_source import DictSource
+from wan22_jax.state import fill_state, flat_state
 
 
 def find(path: str | Path, kind: str) -> Path | None:

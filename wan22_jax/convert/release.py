@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from wan22_jax.convert import t5 as t5_convert, vae as vae_convert
+from wan22_jax.convert.dit import load_dit, read_dit_config, save_dit
 from wan22_jax.errors import CheckpointFormatError
 from wan22_jax.io.atomic import atomic_path
 
@@ -26,8 +28,6 @@ def _is_dit_folder(p: Path) -> bool:
 
 def plan(src: Path) -> list[tuple[str, Callable[[Path], None]]]:
     """(output sub-path, writer) for every component found in `src`; raises if there is none."""
-    from wan22_jax.convert.dit import load_dit, read_dit_config, save_dit
-
     def dit_writer(folder: Path):
         def write(dst: Path):
             model = load_dit(folder)
@@ -48,15 +48,8 @@ def plan(src: Path) -> list[tuple[str, Callable[[Path], None]]]:
 
 
 def _other_components(src: Path) -> list[tuple[str, Callable[[Path], None]]]:
-    """VAE, text encoder and tokenizer, each handled by its own module if that module provides a writer."""
-    jobs = []
-    for module_name in ("wan22_jax.convert.vae", "wan22_jax.convert.t5"):
-        try:
-            module = __import__(module_name, fromlist=["release_jobs"])
-        except ModuleNotFoundError:
-            continue
-        if hasattr(module, "release_jobs"):
-            jobs += module.release_jobs(src)
+    """VAE, text encoder and tokenizer (the first two written by their converter modules)."""
+    jobs = vae_convert.release_jobs(src) + t5_convert.release_jobs(src)
     tok = src / "google" / "umt5-xxl"
     if tok.is_dir():
         jobs.append(("google/umt5-xxl", lambda dst, tok=tok: shutil.copytree(tok, dst)))

@@ -22,12 +22,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from wan22_jax.convert.mapping import Rule, convert, flat_state, fill_state, linear, stacked
+from wan22_jax.convert.mapping import Rule, convert, linear, stacked
 from wan22_jax.convert.ours import find as find_ours, load as load_ours, save as save_ours
 from wan22_jax.errors import CheckpointFormatError, ConfigError
 from wan22_jax.io.tensor_source import SafetensorsSource, TensorSource
 from wan22_jax.io.torch_pickle import load_pth
-from wan22_jax.models.t5 import T5Config, T5Encoder, t5_config, t5_config_from_dict
+from wan22_jax.models.t5 import T5Config, T5Encoder, abstract_t5, t5_config, t5_config_from_dict
+from wan22_jax.state import fill_state, flat_state
 
 OFFICIAL_WEIGHTS = "models_t5_umt5-xxl-enc-bf16.pth"
 OFFICIAL_CONFIG = "t5_config.json"
@@ -215,13 +216,6 @@ def open_t5_checkpoint(path: str | os.PathLike) -> T5Checkpoint:
     raise CheckpointFormatError(
         f"{path}: no T5 encoder found (looked for {OFFICIAL_WEIGHTS} or another *t5*.pth, and for "
         f"config.json + {DIFFUSERS_STEM}.safetensors[.index.json] in {DIFFUSERS_SUBFOLDER}/ or the folder itself)")
-
-
-def abstract_t5(cfg: T5Config, *, dtype: Any = jnp.bfloat16, param_dtype: Any = jnp.bfloat16
-                ) -> tuple[nnx.GraphDef, nnx.State]:
-    """The module's graphdef and abstract (ShapeDtypeStruct) state; allocates nothing."""
-    return nnx.split(nnx.eval_shape(lambda: T5Encoder(cfg, dtype=dtype, param_dtype=param_dtype,
-                                                      rngs=nnx.Rngs(0))))
 
 
 def convert_t5(path: str | os.PathLike, *, param_dtype: Any = jnp.bfloat16

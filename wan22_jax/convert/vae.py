@@ -21,11 +21,12 @@ from flax import nnx
 
 from wan22_jax.config_utils import config_from_dict
 from wan22_jax.convert.ours import find as find_ours, load as load_ours, save as save_ours
-from wan22_jax.convert.mapping import Rule, conv1x1, conv2d, conv3d, convert, flat_state, fill_state, flatten
+from wan22_jax.convert.mapping import Rule, conv1x1, conv2d, conv3d, convert, flatten
 from wan22_jax.errors import CheckpointFormatError, ConfigError, WeightMappingError
 from wan22_jax.io.tensor_source import SafetensorsSource, TensorSource
 from wan22_jax.io.torch_pickle import load_pth
 from wan22_jax.models.vae_config import VAEConfig, preset
+from wan22_jax.state import fill_state, flat_state
 from wan22_jax.models.vae import WanVAE, abstract_vae
 
 OFFICIAL_FILES = {"2.1": "Wan2.1_VAE.pth", "2.2": "Wan2.2_VAE.pth"}

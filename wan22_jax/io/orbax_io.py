@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 

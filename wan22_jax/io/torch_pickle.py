@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import ml_dtypes
-import numpy as np
 
 from wan22_jax.errors import CheckpointFormatError
 from wan22_jax.io.tensor_source import DictSource

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from einops import rearrange
 from flax import nnx
 
@@ -31,6 +32,7 @@ from wan22_jax.models.rope import apply_rope, rope_tables
 from wan22_jax.models.time_embedding import sinusoidal_embedding
 from wan22_jax.ops import XLA, Kernels, attention, matmul
 from wan22_jax.sharding import frame_tokens, pad_frames, shard, token_multiple, unpad_frames
+from wan22_jax.state import fill_state, flat_state
 
 MODEL_TYPES = ("t2v", "i2v", "ti2v", "s2v")
 
@@ -470,3 +472,31 @@ class WanModel(nnx.Module):
         e = self.blocks.modulation[...][0].astype(jnp.float32)[None] + inp.e0  # [B, G, 6, D]
         g = e.shape[1]
         return _ungroup(_group(self.blocks.norm1(inp.tokens), g) * (1 + e[:, :, 1, None, :]) + e[:, :, 0, None, :])
+
+
+# ------------------------------------------------------------------------------------------------ constructors
+def abstract_dit(cfg: DiTConfig, *, dtype=jnp.float32, param_dtype=jnp.float32):
+    """(graphdef, abstract state) of a WanModel without allocating any parameter."""
+    return nnx.split(nnx.eval_shape(lambda: WanModel(cfg, dtype=dtype, param_dtype=param_dtype)))
+
+
+def random_dit(cfg: DiTConfig, seed: int = 0, *, dtype=jnp.float32, param_dtype=jnp.float32) -> WanModel:
+    """A WanModel with random weights drawn on the host with numpy, leaf by leaf (the reference cases' scheme:
+    kernels N(0, 1/fan_in), biases 0.1 N, norm weights 1 + 0.1 N, modulations 0.1 N). Building with `nnx.Rngs`
+    instead compiles one random op per parameter shape, which dominates the cost of small models, and a
+    full-size one would be drawn on the device. For tests, presets and benchmarks."""
+    graphdef, abstract = abstract_dit(cfg, dtype=dtype, param_dtype=param_dtype)
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for path, leaf in flat_state(abstract).items():
+        shape, name = tuple(leaf.shape), path.rsplit(".", 1)[-1]
+        x = rng.standard_normal(shape, dtype=np.float32)
+        if name == "kernel":
+            fan_in = math.prod(shape[-5:-1]) if path == "patch_embedding.kernel" else shape[-2]
+            x *= np.float32(1.0 / math.sqrt(fan_in))
+        elif name == "weight":  # norms
+            x = 1.0 + np.float32(0.1) * x
+        else:  # biases, modulations
+            x *= np.float32(0.1)
+        arrays[path] = jnp.asarray(x.astype(leaf.dtype))
+    return nnx.merge(graphdef, fill_state(abstract, arrays))

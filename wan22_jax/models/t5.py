@@ -30,6 +30,7 @@ from wan22_jax.config_utils import config_from_dict
 from wan22_jax.errors import ConfigError, InputError
 from wan22_jax.models.layers import Linear, normal_init, ones_init, param
 from wan22_jax.ops import XLA, Kernels, attention
+from wan22_jax.state import fill_state, flat_state
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -297,6 +298,13 @@ def t5_forward(graphdef: nnx.GraphDef, state: nnx.State, ids: jax.Array, mask: j
     return nnx.merge(graphdef, state)(ids, mask)
 
 
+def abstract_t5(cfg: T5Config, *, dtype: Any = jnp.bfloat16, param_dtype: Any = jnp.bfloat16,
+                kernels: Kernels = XLA) -> tuple[nnx.GraphDef, nnx.State]:
+    """The module's graphdef and abstract (ShapeDtypeStruct) state; allocates nothing."""
+    return nnx.split(nnx.eval_shape(lambda: T5Encoder(cfg, dtype=dtype, param_dtype=param_dtype,
+                                                      kernels=kernels, rngs=nnx.Rngs(0))))
+
+
 def random_t5(cfg: T5Config, *, dtype: Any = jnp.bfloat16, param_dtype: Any = jnp.bfloat16,
               kernels: Kernels = XLA, seed: int = 0) -> T5Encoder:
     """A randomly initialised encoder for tests and benchmarks, drawn leaf by leaf with numpy.
@@ -305,11 +313,7 @@ def random_t5(cfg: T5Config, *, dtype: Any = jnp.bfloat16, param_dtype: Any = jn
     scheme). Host drawing keeps the peak memory near one fp32 copy of the largest leaf, where jax's threefry
     over the 1e9-entry umt5-xxl embedding needs ~19 GB on a CPU.
     """
-    from wan22_jax.convert.mapping import fill_state, flat_state  # the converter's state views, no cycle
-
-    build = lambda: T5Encoder(cfg, dtype=dtype, param_dtype=param_dtype, kernels=kernels,  # noqa: E731
-                              rngs=nnx.Rngs(0))
-    graphdef, abstract = nnx.split(nnx.eval_shape(build))
+    graphdef, abstract = abstract_t5(cfg, dtype=dtype, param_dtype=param_dtype, kernels=kernels)
     rng = np.random.default_rng(seed)
     arrays = {}
     for path, leaf in flat_state(abstract).items():
@@ -324,4 +328,4 @@ def random_t5(cfg: T5Config, *, dtype: Any = jnp.bfloat16, param_dtype: Any = jn
 
 
 __all__ = ["T5Config", "PRESETS", "t5_config", "t5_config_from_dict", "relative_position_buckets", "T5Encoder",
-           "validate_inputs", "t5_forward", "random_t5"]
+           "validate_inputs", "t5_forward", "abstract_t5", "random_t5"]

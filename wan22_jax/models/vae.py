@@ -33,6 +33,7 @@ from wan22_jax.models.vae_config import VAEConfig, denormalize_latent, normalize
 from wan22_jax.models.vae_model import ENCODE_CHUNK
 from wan22_jax.models.vae_tiling import Tiling, tiled
 from wan22_jax.ops import XLA, Kernels
+from wan22_jax.state import fill_state, flat_state
 
 WanVAE = WanVAE21 | WanVAE22
 
@@ -57,8 +58,6 @@ def random_vae(config: VAEConfig, seed: int = 0, *, dtype=jnp.float32, param_dty
     """(graphdef, state) with random weights drawn like the reference cases' (kernels N(0, 1/fan_in), biases
     0.1 N, norm gammas 1 + 0.1 N), on the host with numpy: building with `nnx.Rngs` would run (and compile) one
     random op per parameter shape, which dominates the cost of small test models. For tests and benchmarks."""
-    from wan22_jax.convert.mapping import fill_state, flat_state
-
     graphdef, abstract = abstract_vae(config, dtype=dtype, param_dtype=param_dtype, kernels=kernels)
     rng = np.random.default_rng(seed)
     arrays = {}

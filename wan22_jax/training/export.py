@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from wan22_jax.config_utils import config_to_dict
-from wan22_jax.convert import mapping as m
+from wan22_jax.convert import mapping as m, t5 as t5_convert, vae as vae_convert
+from wan22_jax.convert.dit import dit_table
 from wan22_jax.errors import WeightMappingError
 
 
@@ -74,20 +76,18 @@ def save_pth(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
 
 
 def export_vae(folder: str | os.PathLike, flat: Mapping[str, Any], cfg) -> Path:
-    from wan22_jax.convert.vae import OFFICIAL_CONFIG, OFFICIAL_FILES, official_table
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_pth(folder / OFFICIAL_FILES[cfg.version], to_source_layout(official_table(cfg), flat))
-    (folder / OFFICIAL_CONFIG).write_text(json.dumps(config_to_dict(cfg), indent=1))
+    save_pth(folder / vae_convert.OFFICIAL_FILES[cfg.version], to_source_layout(vae_convert.official_table(cfg), flat))
+    (folder / vae_convert.OFFICIAL_CONFIG).write_text(json.dumps(config_to_dict(cfg), indent=1))
     return folder
 
 
 def export_t5(folder: str | os.PathLike, flat: Mapping[str, Any], cfg) -> Path:
-    from wan22_jax.convert.t5 import OFFICIAL_CONFIG, OFFICIAL_WEIGHTS, official_table
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_pth(folder / OFFICIAL_WEIGHTS, to_source_layout(official_table(cfg), flat))
-    (folder / OFFICIAL_CONFIG).write_text(json.dumps(config_to_dict(cfg), indent=1))
+    save_pth(folder / t5_convert.OFFICIAL_WEIGHTS, to_source_layout(t5_convert.official_table(cfg), flat))
+    (folder / t5_convert.OFFICIAL_CONFIG).write_text(json.dumps(config_to_dict(cfg), indent=1))
     return folder
 
 
@@ -101,9 +101,6 @@ def export_tokenizer(folder: str | os.PathLike, tokenizer_dir: str | os.PathLike
 
 def export_dit(folder: str | os.PathLike, flat: Mapping[str, Any], cfg) -> Path:
     """The official single-file DiT layout: `config.json` (WanModel's fields) + the safetensors state dict."""
-    from safetensors.numpy import save_file
-
-    from wan22_jax.convert.dit import dit_table
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.ascontiguousarray(v) for k, v in to_source_layout(dit_table(cfg), flat).items()}

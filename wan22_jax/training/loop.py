@@ -28,8 +28,12 @@ import numpy as np
 from flax import nnx
 
 from wan22_jax.config_utils import config_from_dict
+from wan22_jax.convert.dit import load_dit, save_dit
+from wan22_jax.convert.vae import load_vae
 from wan22_jax.errors import ConfigError
 from wan22_jax.models.dit import DiTConfig, WanModel
+from wan22_jax.models.vae import encode
+from wan22_jax.training import lora as lora_mod
 from wan22_jax.training.checkpoint import TrainCheckpointer
 from wan22_jax.training.config import TrainConfig
 from wan22_jax.training.data import LatentData, WorldConfig
@@ -54,8 +58,6 @@ def _check_keys(config: dict) -> None:
 def _video_encoder(vae_path):
     if vae_path is None:
         return None
-    from wan22_jax.convert.vae import load_vae
-    from wan22_jax.models.vae import encode
     graphdef, state = nnx.split(load_vae(vae_path))
     return lambda video: encode(graphdef, state, video)
 
@@ -145,8 +147,6 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
 
     text_fn = None
     if lora_spec:
-        from wan22_jax.convert.dit import load_dit
-        from wan22_jax.training import lora as lora_mod
         spec = dict(lora_spec)
         base_model = load_dit(spec.pop("base"), dtype=dtype, param_dtype=jnp.float32)
         lora_cfg = config_from_dict(lora_mod.LoraConfig, {**spec, "targets": tuple(spec.get("targets", ()))
@@ -223,10 +223,8 @@ def _write_result(out_dir: Path, state, dit_cfg, train_cfg, lora_cfg, t5_cfg) ->
         export_trained_t5(out_dir / "t5", params["t5"], t5_cfg)
         params = params["dit"]
     if lora_cfg:
-        from wan22_jax.training.lora import save_lora
-        save_lora(out_dir / "lora.safetensors", params, lora_cfg)
+        lora_mod.save_lora(out_dir / "lora.safetensors", params, lora_cfg)
         return
-    from wan22_jax.convert.dit import save_dit
     abstract = nnx.state(nnx.eval_shape(lambda: WanModel(dit_cfg)))
     nnx.replace_by_pure_dict(abstract, jax.tree.map(np.asarray, params))
     save_dit(abstract, dit_cfg, out_dir / "dit")

@@ -18,9 +18,14 @@ import numpy as np
 from flax import nnx
 
 from wan22_jax.config_utils import config_from_dict
+from wan22_jax.data.mini_world import prompt_corpus
 from wan22_jax.errors import ConfigError
-from wan22_jax.models.tokenizer_training import MODEL_TYPES
+from wan22_jax.models.t5 import T5Config, abstract_t5, random_t5
+from wan22_jax.models.tokenizer import Tokenizer
+from wan22_jax.models.tokenizer_training import MODEL_TYPES, train_tokenizer
+from wan22_jax.state import flat_state
 from wan22_jax.text_encoder import TextEncoder, encode_zero_padded
+from wan22_jax.training.export import export_t5
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -44,11 +49,6 @@ class TextConfig:
 def build_text_encoder(text: TextConfig, text_len: int, tokenizer_dir: Path):
     """(TextEncoder, T5Config, T5Encoder): the tokenizer (trained on the mini-world corpus into `tokenizer_dir`
     unless it is there) and the encoder at its random init."""
-    from wan22_jax.data.mini_world import prompt_corpus
-    from wan22_jax.models.t5 import T5Config, random_t5
-    from wan22_jax.models.tokenizer import Tokenizer
-    from wan22_jax.models.tokenizer_training import train_tokenizer
-
     t5_cfg = config_from_dict(T5Config, text.t5, source="config text.t5")
     if not (tokenizer_dir / "spiece.model").is_file():
         train_tokenizer(prompt_corpus() * 4, tokenizer_dir, vocab_size=text.vocab_size, model_type=text.tokenizer)
@@ -69,11 +69,6 @@ def make_text_fn(t5_graphdef):
 
 def export_trained_t5(folder: Path, t5_params: dict, t5_cfg) -> Path:
     """Writes trained encoder weights in the release layout (`export_t5`), for `load_t5` / the pipeline."""
-    from wan22_jax.convert.mapping import flat_state
-    from wan22_jax.models.t5 import T5Encoder
-    from wan22_jax.training.export import export_t5
-
-    abstract = nnx.state(nnx.eval_shape(lambda: T5Encoder(t5_cfg, dtype=jnp.float32, param_dtype=jnp.float32,
-                                                          rngs=nnx.Rngs(0))))
+    _, abstract = abstract_t5(t5_cfg, dtype=jnp.float32, param_dtype=jnp.float32)
     nnx.replace_by_pure_dict(abstract, jax.tree.map(np.asarray, t5_params))
     return export_t5(folder, flat_state(abstract), t5_cfg)

@@ -5,14 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-
-from wan22_jax.convert.dit import abstract_dit, dit_table, load_dit, save_dit
-from wan22_jax.convert.mapping import flat_state
-from wan22_jax.io.tensor_source import SafetensorsSource
-from wan22_jax.models.dit import DIT_PRESETS, DiTConfig, WanModel
 from jax.sharding import PartitionSpec as P
 
-from wan22_jax.sharding import convert_sharded, init_sharded, make_mesh, mesh_context, place_state
+from wan22_jax.convert.dit import dit_table, load_dit, save_dit
+from wan22_jax.io.tensor_source import SafetensorsSource
+from wan22_jax.models.dit import DIT_PRESETS, DiTConfig, WanModel, abstract_dit
+from wan22_jax.sharding import make_mesh, mesh_context
+from wan22_jax.sharding.loading import convert_sharded, init_sharded, place_state
+from wan22_jax.state import fill_state, flat_state
 from wan22_jax.verify import default_reference_dir, load_case, relative_error
 
 MESHES = ["fsdp=8", "fsdp=2,seq=2,tensor=2", "data=2,seq=4"]
@@ -55,7 +55,6 @@ def test_checkpoint_loaded_sharded_matches_single_device(name, mesh_spec):
 
 def random_state(cfg, seed=0):
     """Random weights drawn on the host (cheaper than eager nnx init, which compiles one op per shape)."""
-    from wan22_jax.convert.mapping import fill_state
     graphdef, abstract = abstract_dit(cfg)
     rng = np.random.default_rng(seed)
     arrays = {k: jnp.asarray(0.3 * rng.standard_normal(v.shape), v.dtype) for k, v in flat_state(abstract).items()}

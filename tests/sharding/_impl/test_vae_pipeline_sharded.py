@@ -1,14 +1,14 @@
 """Sharded VAE decode and a tiny end-to-end pipeline on 8 simulated devices equal their single-device runs."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from wan22_jax.models.vae_config import VAEConfig
 from wan22_jax.models.vae import decode, random_vae
 from wan22_jax.presets import random_pipeline
-from wan22_jax.sharding import make_mesh, shard_pipeline, vae_decode
+from wan22_jax.sharding import make_mesh
+from wan22_jax.sharding.loading import shard_pipeline, vae_decode
 from wan22_jax.verify import default_reference_dir, relative_error, run_case
 
 

@@ -19,7 +19,6 @@ import numpy as np
 
 from wan22_jax.errors import WeightMappingError
 from wan22_jax.io.tensor_source import TensorSource
-from wan22_jax.state import fill_state, flat_state
 
 Transform = Callable[[Any], Any]
 

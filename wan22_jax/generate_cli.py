@@ -56,13 +56,12 @@ def main(args: argparse.Namespace) -> int:
             from wan22_jax.presets import random_pipeline
             pipe = random_pipeline(args.task or "ti2v-5B", seed=0)
             if args.mesh:
-                from wan22_jax.sharding import shard_pipeline
-                shard_pipeline(pipe, args.mesh)
+                pipe = pipe.sharded(args.mesh)
         else:
             dtype = None if args.dtype is None else (jnp.bfloat16 if args.dtype == "bf16" else jnp.float32)
             pipe = Wan22Pipeline.from_pretrained(args.checkpoint, task=args.task, mesh=args.mesh, dtype=dtype)
         if args.vae_tiling:
-            pipe.enable_vae_tiling()
+            pipe = pipe.with_vae_tiling()
         width = height = None
         if args.size:
             try:
@@ -88,6 +87,6 @@ def main(args: argparse.Namespace) -> int:
     frames = out.videos[0].frames
     total = time.perf_counter() - t0
     print(f"wrote {Path(path).resolve()}: {frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]}, "
-          f"load {load_s:.1f}s, denoise {pipe.last_denoise_s:.1f}s, total {total:.1f}s, "
+          f"load {load_s:.1f}s, denoise {out.denoise_s:.1f}s, total {total:.1f}s, "
           f"peak memory {peak_bytes() / 2**30:.2f} GiB")
     return 0

@@ -383,14 +383,9 @@ def vae_decode(graphdef, state, latent, mesh: Mesh | None, **kwargs) -> jax.Arra
 
 
 def shard_pipeline(pipe, mesh: Mesh | str):
-    """Shards an existing `Wan22Pipeline` in place: DiT experts by the DiT rules, the VAE by the VAE rules (its
-    decode then splits frames on rows); denoising then runs under the mesh. The text encoder stays where it is
-    (it runs once per prompt). Returns the pipeline."""
-    mesh = make_mesh(mesh)
-    pipe.experts = {n: (g, place_state(s, "dit", mesh)) for n, (g, s) in pipe.experts.items()}
-    pipe.vae = (pipe.vae[0], place_state(pipe.vae[1], "vae", mesh))
-    pipe.mesh = mesh
-    return pipe
+    """A new `Wan22Pipeline` sharded over `mesh` (`Wan22Pipeline.sharded`; the given one is unchanged): DiT
+    experts by the DiT rules, the VAE by the VAE rules; denoising then runs under the mesh."""
+    return pipe.sharded(mesh)
 
 
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,

@@ -13,12 +13,12 @@ from wan22_jax.samplers import SAMPLERS
 
 # name -> the module that defines it
 HOMES = {
-    "Wan22Pipeline": "wan22_jax.pipeline",
+    "Wan22Pipeline": "wan22_jax.pipeline.pipeline",
     "PipelineOutput": "wan22_jax.video",
     "Video": "wan22_jax.video",
     "DiTConfig": "wan22_jax.models.dit",
     "T5Config": "wan22_jax.models.t5",
-    "VAEConfig": "wan22_jax.models.vae_blocks",
+    "VAEConfig": "wan22_jax.models.vae_config",
     "TaskConfig": "wan22_jax.configs",
     "get_task": "wan22_jax.configs",
     "Sampler": "wan22_jax.samplers.base",

@@ -13,9 +13,9 @@ from wan22_jax.bench.timing import peak_bytes
 from wan22_jax.conditioning import check_frames
 from wan22_jax.configs import TASKS
 from wan22_jax.errors import Wan22Error
+from wan22_jax.ops.options import add_kernel_arguments, kernels_from_args
 from wan22_jax.pipeline import Wan22Pipeline
 from wan22_jax.presets import PRESETS, random_pipeline
-from wan22_jax.sharding.loading import shard_pipeline
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae-tiling", action="store_true", help="decode in overlapping spatial tiles")
     p.add_argument("--mesh", metavar="SPEC", help="shard over a device mesh, e.g. fsdp=4,seq=2 (axes data, fsdp, "
                    "seq, tensor; the product must equal the device count)")
+    add_kernel_arguments(p)
     p.add_argument("--out", default="out.mp4")
     p.add_argument("--fps", type=int, help="default: the task's (16 or 24)")
 
@@ -51,15 +52,17 @@ def main(args: argparse.Namespace) -> int:
     try:
         if args.frames is not None:  # cheap checks first: a bad argument should not wait for a model load
             check_frames(args.frames)
+        kernels = kernels_from_args(args)
         if args.preset:
-            pipe = random_pipeline(args.task or "ti2v-5B", seed=0)
+            pipe = random_pipeline(args.task or "ti2v-5B", seed=0).with_kernels(kernels)
             if args.mesh:
-                shard_pipeline(pipe, args.mesh)
+                pipe = pipe.sharded(args.mesh)
         else:
             dtype = None if args.dtype is None else (jnp.bfloat16 if args.dtype == "bf16" else jnp.float32)
-            pipe = Wan22Pipeline.from_pretrained(args.checkpoint, task=args.task, mesh=args.mesh, dtype=dtype)
+            pipe = Wan22Pipeline.from_pretrained(args.checkpoint, task=args.task, mesh=args.mesh, dtype=dtype,
+                                                 kernels=kernels)
         if args.vae_tiling:
-            pipe.enable_vae_tiling()
+            pipe = pipe.with_vae_tiling()
         width = height = None
         if args.size:
             try:
@@ -85,6 +88,6 @@ def main(args: argparse.Namespace) -> int:
     frames = out.videos[0].frames
     total = time.perf_counter() - t0
     print(f"wrote {Path(path).resolve()}: {frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]}, "
-          f"load {load_s:.1f}s, denoise {pipe.last_denoise_s:.1f}s, total {total:.1f}s, "
+          f"load {load_s:.1f}s, denoise {out.denoise_s:.1f}s, total {total:.1f}s, "
           f"peak memory {peak_bytes() / 2**30:.2f} GiB")
     return 0

@@ -70,6 +70,11 @@ class TextEncoder:
         model = with_kernels(load_t5(path, dtype=dtype, param_dtype=param_dtype), kernels)
         return cls(model, tokenizer, cache_size=cache_size)
 
+    def with_kernels(self, kernels: Kernels) -> "TextEncoder":
+        """A new encoder (empty cache, same tokenizer and weights) whose ops run with `kernels`."""
+        model = with_kernels(nnx.merge(self._graphdef, self._state), kernels)
+        return type(self)(model, self.tokenizer, cache_size=self.cache_size)
+
     def _lookup(self, prompts: list[str]) -> list[tuple[jax.Array, int]]:
         missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
         fresh: dict[str, tuple[jax.Array, int]] = {}

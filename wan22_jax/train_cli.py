@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from wan22_jax.errors import ConfigError
+from wan22_jax.ops.options import add_kernel_arguments, kernels_from_args
 from wan22_jax.training.loop import train
 
 
@@ -17,9 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="override the config's step count")
     parser.add_argument("--out-dir", default=None, help="override the config's out_dir")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    add_kernel_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
+    kernels = kernels_from_args(args)
     path = Path(args.config)
     try:
         config = json.loads(path.read_text())
@@ -33,7 +36,7 @@ def main(args: argparse.Namespace) -> int:
         config["out_dir"] = args.out_dir
     if args.no_progress:
         config["progress"] = False
-    result = train(config)
+    result = train(config, kernels=kernels)
     print(f"trained to step {result['step']} in {result['seconds']:.1f} s; last loss {result['last_loss']:.5f}; "
           f"outputs in {result['out_dir']}")
     return 0

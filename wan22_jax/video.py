@@ -75,6 +75,7 @@ class PipelineOutput:
     trajectory: with return_trajectory, {"samples": [N + 1, B, ...], "velocities": [N, B, ...]} (guided).
     cond_latent: the VAE latent of the conditioning image, if any.
     skipped_steps: with a step cache, how many model evaluations skipped the blocks.
+    denoise_s: wall time of the denoising loop in seconds (compilation included on a first call).
     """
 
     videos: list[Video]
@@ -84,3 +85,4 @@ class PipelineOutput:
     trajectory: dict | None = None
     cond_latent: np.ndarray | None = None
     skipped_steps: int | None = None  # model evaluations the step cache skipped (all experts), if one was used
+    denoise_s: float | None = None

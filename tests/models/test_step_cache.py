@@ -50,6 +50,19 @@ def test_pipeline_cache_off_is_exact_and_skips_follow_the_schedule(task):
     assert not np.array_equal(always.latents, ref)
 
 
+def test_skipped_steps_survive_a_trajectory():
+    # the trajectory and the step cache's counts travel in one aux dict: asking for both keeps both
+    pipe = random_pipeline("ti2v-5B")
+    kw = dict(prompt="a red circle", num_inference_steps=8, seed=0, output_type="latent", progress=False,
+              step_cache=StepCache(threshold=1e9, max_skips=2, warmup=2))
+    alone = pipe(**kw)
+    both = pipe(return_trajectory=True, **kw)
+    assert alone.skipped_steps == 4 and both.skipped_steps == 4
+    np.testing.assert_array_equal(both.latents, alone.latents)
+    assert both.trajectory["samples"].shape == (9, *alone.latents.shape)
+    np.testing.assert_array_equal(both.trajectory["samples"][-1], alone.latents)
+
+
 def test_bad_cache_settings_are_refused():
     with pytest.raises(InputError, match="threshold"):
         StepCache(threshold=-1.0)

@@ -18,6 +18,8 @@ from wan22_jax.samplers import (
     sample,
     sampler_names,
 )
+from wan22_jax.samplers.base import compute_dtype
+from wan22_jax.samplers.loop import init_carry, loop_aux, run_scan, scan_steps, step_rows
 from wan22_jax.verify.sched import oracle_velocity
 
 X0 = jnp.asarray(np.random.default_rng(0).standard_normal((1, 2, 3)), jnp.float32)
@@ -147,3 +149,39 @@ def test_bfloat16_samples_are_updated_in_float32(name):
     x16 = sample(get_sampler(name), VELOCITY, X_T.astype(jnp.bfloat16), sched)
     assert x16.dtype == jnp.bfloat16
     assert float(jnp.max(jnp.abs(x16.astype(jnp.float32) - x32))) < 0.05 * float(jnp.max(jnp.abs(x32)))
+
+
+@pytest.mark.parametrize("name", ["unipc", "dpm++", "dpm++-sde"])
+def test_steps_in_slices_equal_the_whole_loop(name):
+    # multistep history, the PRNG key of step i and the non-finite tracking all travel in the carry
+    sampler = get_sampler(name)
+    tables = sampler.tables(official_schedule("unipc", 7, 5.0))
+    key = jax.random.key(3)
+    dtype = compute_dtype(X_T)
+    whole, ys = scan_steps(sampler, VELOCITY, init_carry(sampler, X_T), step_rows(tables, dtype), key=key,
+                           return_trajectory=True, check_finite=True)
+    carry, parts = init_carry(sampler, X_T), []
+    for start, stop in ((0, 1), (1, 4), (4, 7)):
+        carry, y = scan_steps(sampler, VELOCITY, carry, step_rows(tables, dtype, start, stop), key=key,
+                              return_trajectory=True, check_finite=True)
+        parts.append(y)
+    np.testing.assert_array_equal(carry.state.x, whole.state.x)
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), ys[0])
+    assert int(carry.first_bad) == int(whole.first_bad) == -1
+    aux = loop_aux(X_T, carry, None, check_finite=True)
+    assert set(aux) == {"first_nonfinite_step"}
+
+
+def test_a_trajectory_keeps_the_model_state():
+    # a velocity function threading a counter: the final count must come back with or without a trajectory
+    def counting(x, t, i, n):
+        return VELOCITY(x, t, i), n + 1
+
+    sched = official_schedule("unipc", 5, 5.0)
+    sampler = get_sampler("unipc")
+    x, aux = run_scan(sampler, counting, X_T, sampler.tables(sched), model_state=jnp.int32(0))
+    x2, aux2 = run_scan(sampler, counting, X_T, sampler.tables(sched), model_state=jnp.int32(0),
+                        return_trajectory=True)
+    assert int(aux["model_state"]) == int(aux2["model_state"]) == sampler.nfe(5)
+    np.testing.assert_array_equal(x, x2)
+    assert aux2["samples"].shape == (6, *X_T.shape) and aux2["velocities"].shape == (5, *X_T.shape)

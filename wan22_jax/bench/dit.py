@@ -15,6 +15,7 @@ from flax import nnx
 from wan22_jax.bench.timing import device_description, emit, peak_bytes, time_compiled
 from wan22_jax.errors import InputError
 from wan22_jax.flops import dit_forward_flops, peak_flops
+from wan22_jax.convert.dit import read_dit_config
 from wan22_jax.cpu_kernels import sgemm as cpu_sgemm
 from wan22_jax.ops.kernels import ATTENTIONS
 from wan22_jax.ops.options import add_kernel_arguments, kernels_from_args
@@ -51,7 +52,6 @@ def main(args: argparse.Namespace) -> int:
     if args.preset:
         cfg = DIT_PRESETS[args.preset]
     else:
-        from wan22_jax.convert.dit import read_dit_config
         cfg = read_dit_config(args.checkpoint)[0]
     if args.layers:
         cfg = dataclasses.replace(cfg, num_layers=args.layers)

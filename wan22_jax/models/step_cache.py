@@ -9,7 +9,7 @@ the step is skipped: tokens + cached residual goes to the head. Otherwise the bl
 
 The cache is a plain pytree carried through the sampling `lax.scan`, and the choice is a `lax.cond`, so a
 skipped step really does not run the blocks (on every backend). One decision covers the whole batch (CFG's
-two branches included). For two-expert models each expert keeps its own cache (`pipeline._denoise`): the first
+two branches included). For two-expert models each expert keeps its own cache (`pipeline/denoise.py`): the first
 step after the switch always runs.
 
 Quality cost: measure it (experiments/step_cache/run.py: PSNR of the decoded video against the uncached run).

@@ -21,7 +21,7 @@ from wan22_jax.convert.mapping import Rule, check
 from wan22_jax.io.orbax_io import load_params
 from wan22_jax.io.tensor_source import SafetensorsSource, ShapeSource
 from wan22_jax.models.vae import decode
-from wan22_jax.sharding.rules import make_mesh, mesh_context, place, state_shardings
+from wan22_jax.sharding.rules import mesh_context, place, state_shardings
 from wan22_jax.state import fill_state, flat_state
 
 
@@ -134,16 +134,4 @@ def vae_decode(graphdef, state, latent, mesh: Mesh | None, **kwargs) -> jax.Arra
         return decode(graphdef, state, latent, **kwargs)
 
 
-def shard_pipeline(pipe, mesh: Mesh | str):
-    """Shards an existing `Wan22Pipeline` in place: DiT experts by the DiT rules, the VAE by the VAE rules (its
-    decode then splits frames on rows); denoising then runs under the mesh. The text encoder stays where it is
-    (it runs once per prompt). Returns the pipeline."""
-    mesh = make_mesh(mesh)
-    pipe.experts = {n: (g, place_state(s, "dit", mesh)) for n, (g, s) in pipe.experts.items()}
-    pipe.vae = (pipe.vae[0], place_state(pipe.vae[1], "vae", mesh))
-    pipe.mesh = mesh
-    return pipe
-
-
-__all__ = ["init_sharded", "place_state", "convert_sharded", "sharded_target", "load_params_sharded", "vae_decode",
-           "shard_pipeline"]
+__all__ = ["init_sharded", "place_state", "convert_sharded", "sharded_target", "load_params_sharded", "vae_decode"]

@@ -32,6 +32,7 @@ from wan22_jax.convert.dit import load_dit, save_dit
 from wan22_jax.convert.vae import load_vae
 from wan22_jax.errors import ConfigError
 from wan22_jax.models.dit import DiTConfig, WanModel
+from wan22_jax.ops import XLA, Kernels, with_kernels
 from wan22_jax.models.vae import encode
 from wan22_jax.training import lora as lora_mod
 from wan22_jax.training.checkpoint import TrainCheckpointer
@@ -117,8 +118,10 @@ def plot_losses(out_dir: Path) -> Path:
     return path
 
 
-def train(config: dict[str, Any]) -> dict[str, Any]:
+def train(config: dict[str, Any], *, kernels: Kernels = XLA) -> dict[str, Any]:
     """Runs (or resumes) a training run. Returns {"state", "step", "out_dir", "seconds", "last_loss"}.
+
+    kernels: the DiT's ops (`wan22_jax.ops.Kernels`; XLA by default, `Kernels.cpu()` on a CPU for speed).
 
     Writes out_dir/dit (and out_dir/t5, the trained encoder in the release layout, when text.train)."""
     _check_keys(config)
@@ -148,7 +151,7 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     text_fn = None
     if lora_spec:
         spec = dict(lora_spec)
-        base_model = load_dit(spec.pop("base"), dtype=dtype, param_dtype=jnp.float32)
+        base_model = with_kernels(load_dit(spec.pop("base"), dtype=dtype, param_dtype=jnp.float32), kernels)
         lora_cfg = config_from_dict(lora_mod.LoraConfig, {**spec, "targets": tuple(spec.get("targets", ()))
                                                           or lora_mod.LoraConfig().targets},
                                     source="config lora")
@@ -157,7 +160,8 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         params = lora_mod.init_lora(frozen, lora_cfg, seed=train_cfg.seed)
         params_fn = lora_mod.lora_params_fn(lora_cfg)
     else:
-        model = WanModel(dit_cfg, dtype=dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(train_cfg.seed))
+        model = WanModel(dit_cfg, dtype=dtype, param_dtype=jnp.float32, kernels=kernels,
+                         rngs=nnx.Rngs(train_cfg.seed))
         graphdef, state0 = nnx.split(model)
         params, frozen, params_fn = nnx.to_pure_dict(state0), None, full_params
         if text_cfg.train:

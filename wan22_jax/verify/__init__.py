@@ -18,6 +18,7 @@ import numpy as np
 
 from wan22_jax.errors import UnsupportedComponentError
 from wan22_jax.io.tensor_source import SafetensorsSource
+from wan22_jax.sharding import make_mesh, mesh_context
 
 # component name (case.json "component") -> runner module. Adding a component is one line here.
 RUNNERS: dict[str, str] = {
@@ -158,7 +159,6 @@ def run_case(case_dir: str | os.PathLike, mesh=None, **options) -> CaseResult:
     mesh: a Mesh or spec ("fsdp=4,seq=2") set as the context mesh while the runner runs: DiT weights load onto
       their shards and the DiT's activations are split (see wan22_jax.sharding).
     """
-    from wan22_jax.sharding import make_mesh, mesh_context
     case = load_case(case_dir)
     runner = runner_for(case.component)
     with mesh_context(None if mesh is None else make_mesh(mesh)):

@@ -9,6 +9,8 @@ from pathlib import Path
 from safetensors.numpy import save_file
 
 from wan22_jax.errors import ConfigError, UnsupportedComponentError
+from wan22_jax.io.atomic import atomic_path
+from wan22_jax.sharding import make_mesh
 from wan22_jax.ops.options import add_kernel_arguments, kernels_from_args
 from wan22_jax.verify import find_cases, run_case
 
@@ -34,7 +36,6 @@ def main(args: argparse.Namespace) -> int:
             return 2
     mesh = None
     if args.mesh:
-        from wan22_jax.sharding import make_mesh
         try:
             mesh = make_mesh(args.mesh)
         except ConfigError as e:
@@ -63,7 +64,6 @@ def main(args: argparse.Namespace) -> int:
         if args.save_outputs:
             out = Path(args.save_outputs) / d.name
             out.mkdir(parents=True, exist_ok=True)
-            from wan22_jax.io.atomic import atomic_path
             with atomic_path(out / "outputs.safetensors") as tmp:
                 save_file({k: v for k, v in res.ours.items()}, str(tmp))
     if n_fail:

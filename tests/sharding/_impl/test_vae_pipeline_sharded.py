@@ -8,7 +8,7 @@ from wan22_jax.models.vae_config import VAEConfig
 from wan22_jax.models.vae import decode, random_vae
 from wan22_jax.presets import random_pipeline
 from wan22_jax.sharding import make_mesh
-from wan22_jax.sharding.loading import shard_pipeline, vae_decode
+from wan22_jax.sharding.loading import vae_decode
 from wan22_jax.verify import default_reference_dir, relative_error, run_case
 
 
@@ -31,7 +31,7 @@ def test_tiny_pipeline_sharded_end_to_end():
     kwargs = dict(prompt="a cat walking in the snow", num_frames=5, num_inference_steps=3, seed=0,
                   progress=False)
     single = pipe(**kwargs)
-    shard_pipeline(pipe, "data=2,fsdp=2,seq=2")  # CFG halves over data, tokens over fsdp x seq
+    pipe = pipe.sharded("data=2,fsdp=2,seq=2")  # CFG halves over data, tokens over fsdp x seq
     state = pipe.experts["high_noise_model"][1]
     assert len(jax.tree.leaves(state)[0].sharding.device_set) == 8
     sharded = pipe(**kwargs)

@@ -1,11 +1,17 @@
 """Wan22Pipeline on tiny random models: validation before compute, determinism, batching, video output."""
 
+import dataclasses
+
+import jax
 import numpy as np
 import pytest
 
+from wan22_jax.conditioning import normalize_image
 from wan22_jax.errors import InputError
+from wan22_jax.models.vae_tiling import Tiling
+from wan22_jax.pipeline import validate_request
 from wan22_jax.presets import random_pipeline
-from wan22_jax.video import read_video
+from wan22_jax.video import Video, read_video
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +75,6 @@ def test_batch_equals_single_and_cfg_batching_is_exact(t2v):
 def test_ti2v_image_mode_keeps_the_first_latent_frame(ti2v):
     img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     out = ti2v(prompt="a cat", image=img, return_trajectory=True, **FAST)
-    from wan22_jax.conditioning import normalize_image
     first = np.asarray(ti2v.vae_encode(normalize_image(img)[None, :, None]))
     np.testing.assert_allclose(out.cond_latent, first[0], rtol=0, atol=1e-5)
     np.testing.assert_array_equal(out.latents[:, :, :1], out.cond_latent[None])
@@ -98,7 +103,6 @@ def test_video_saves_and_reads_back(ti2v, tmp_path):
     t = np.linspace(0, 1, 9)[:, None, None, None]
     yy, xx = np.mgrid[0:64, 0:64] / 63.0
     frames = np.stack([(xx + t[..., 0]) % 1, yy + 0 * t[..., 0], 0.5 + 0 * xx + 0 * t[..., 0]], -1) * 255
-    from wan22_jax.video import Video
     path = Video(frames.astype(np.uint8)[:, 0] if frames.ndim == 5 else frames.astype(np.uint8), fps=8).save(
         tmp_path / "a.mp4")
     back = read_video(path)
@@ -110,3 +114,42 @@ def test_video_saves_and_reads_back(ti2v, tmp_path):
     with pytest.raises(InputError, match="extension"):
         out.videos[0].save(tmp_path / "b.txt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "b.mp4"]  # no temporaries left
+
+
+def test_the_pipeline_is_immutable_and_retargeting_returns_a_new_one(ti2v):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'mesh'"):
+        ti2v.mesh = None
+    tiled = ti2v.with_vae_tiling(tile=32, overlap=8)
+    assert tiled is not ti2v and tiled.vae_tiling == Tiling(tile=32, overlap=8) and ti2v.vae_tiling is None
+    assert tiled.with_vae_tiling(None).vae_tiling is None
+    one = ti2v.sharded(jax.make_mesh((1, 1, 1, 1), ("data", "fsdp", "seq", "tensor")))
+    assert one is not ti2v and one.mesh is not None and ti2v.mesh is None
+    assert one.experts is not ti2v.experts and one.text_encoder is ti2v.text_encoder
+    a = ti2v(prompt="a cat", output_type="latent", **FAST).latents
+    np.testing.assert_array_equal(one(prompt="a cat", output_type="latent", **FAST).latents, a)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(prompt=None), "give a prompt"),
+    (dict(prompt=["a", 3]), r"prompt=\['a', 3\]"),
+    (dict(negative_prompt=["x", "y"]), "2 negative prompts for 1 prompts"),
+    (dict(num_inference_steps=2.5), r"num_inference_steps=2.5"),
+    (dict(seed="zero"), "seed='zero': must be an integer"),
+    (dict(progress="yes"), "progress='yes'"),
+    (dict(step_cache=0.1), r"step_cache=0.1: give a wan22_jax.models.step_cache.StepCache"),
+])
+def test_validate_request_names_the_argument(ti2v, kwargs, match):
+    call = {**dict(prompt="a cat", num_frames=5), **kwargs}
+    with pytest.raises(InputError, match=match):
+        validate_request(ti2v.task, ti2v.dit_config, ti2v.vae_config.z_dim, has_text_encoder=True, **call)
+    with pytest.raises(InputError, match=match):  # the call checks the same way, before any compute
+        ti2v(**{**FAST, **call})
+
+
+def test_no_text_encoder_needs_both_embeddings(ti2v):
+    bare = dataclasses.replace(ti2v, text_encoder=None)
+    e = np.zeros((1, 4, ti2v.dit_config.text_dim), np.float32)
+    with pytest.raises(InputError, match="no tokenizer/text encoder"):
+        bare(prompt_embeds=e, **FAST)
+    out = bare(prompt_embeds=e, negative_prompt_embeds=e, output_type="latent", **FAST)
+    assert out.latents.shape == (1, 48, 2, 4, 4) and out.denoise_s > 0

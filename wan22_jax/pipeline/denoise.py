@@ -1,0 +1,173 @@
+"""Stage 3 of a generation: the denoising loop, compiled, with progress reported from outside the program.
+
+Two jitted programs, both keyed on (graphdef, DenoisePlan, shapes):
+* `start_loop`: the text K/V of every expert (once per generation; cond and uncond stacked on the batch), the
+  empty step caches, the sampler's initial state.
+* `run_steps`: a slice of the steps as one `lax.scan`: classifier-free guidance and the A14B expert switch are
+  pure functions of t inside the body (samplers/guidance.py).
+
+Without progress, `run_steps` gets every step at once: the whole loop is one program. With progress it gets one
+step per call (one program whatever the step count); all steps are dispatched first and the host then waits for
+each in turn and reports it, so the device never idles for the report. Neither program holds a host callback:
+a Python callback lowers to a custom call bound to one platform, and the program could then not be compiled for
+another target (e.g. a GPU program built on a CPU host).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from wan22_jax.pipeline.plan import DenoisePlan
+from wan22_jax.samplers import expert_switch
+from wan22_jax.samplers.base import compute_dtype
+from wan22_jax.samplers.loop import LoopCarry, init_carry, loop_aux, scan_steps, step_rows
+
+
+class DenoiseInputs(NamedTuple):
+    """The arrays of one generation (a pytree).
+
+    x_T: [B, z, F', h, w] initial latents. context / context_null: [B, text_len, text_dim] zero-padded text
+    embeddings. y: [B, C_y, F', h, w] channel conditioning (i2v-A14B) or None. first_latent: [B, z, 1, h, w] the
+    image latent put back on frame 0 (ti2v image mode) or None.
+    """
+
+    x_T: jax.Array
+    context: jax.Array
+    context_null: jax.Array
+    y: jax.Array | None = None
+    first_latent: jax.Array | None = None
+
+
+def _model_time(t, plan: DenoisePlan, batch: int):
+    """The timestep layout the DiT gets: [B] for scalar t, [B, F'] when some frames are clean (ti2v)."""
+    if plan.frame_mask is None:
+        return jnp.broadcast_to(t, (batch,))
+    return jnp.broadcast_to(t * jnp.asarray(plan.frame_mask, jnp.float32), (batch, len(plan.frame_mask)))
+
+
+def _reinject(plan: DenoisePlan, inputs: DenoiseInputs):
+    """post_step of ti2v image mode (official: latent = (1 - mask) * z + mask * latent): frame 0 becomes the image
+    latent again; None when the plan does not re-inject."""
+    if not plan.reinject_first_frame:
+        return None
+    return lambda x: x.at[:, :, :1].set(inputs.first_latent.astype(x.dtype))
+
+
+def _doubled(a):
+    return None if a is None else jnp.concatenate([a, a])
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def start_loop(graphdef, plan: DenoisePlan, states, inputs: DenoiseInputs):
+    """The loop's starting point.
+
+    Args:
+      graphdef: the DiT graphdef shared by the experts; states: one DiT state per expert, (high, low) or (one,).
+      inputs: the DenoiseInputs.
+    Returns:
+      (x_0: [B, z, F', h, w] the first sample (frame 0 re-injected if planned), carry: the LoopCarry before step 0,
+      kvs: per expert, the text K/V of every layer for [context; context_null] ([2B, ...])).
+    """
+    text = jnp.concatenate([inputs.context, inputs.context_null])
+    kvs = tuple(nnx.merge(graphdef, s).encode_context(text) for s in states)
+    model_state = None
+    if plan.step_cache is not None:
+        b = inputs.x_T.shape[0]
+        x2 = _doubled(inputs.x_T).astype(jnp.float32)
+        # shapes only: init traces prepare under eval_shape, nothing runs
+        empty = plan.step_cache.init(nnx.merge(graphdef, states[0]), x2, _model_time(jnp.float32(0), plan, 2 * b),
+                                     context=text, y=_doubled(inputs.y))
+        model_state = (empty,) * len(states)  # each expert keeps its own cache
+    post_step = _reinject(plan, inputs)
+    x0 = inputs.x_T if post_step is None else post_step(inputs.x_T)
+    return x0, init_carry(plan.sampler, x0, model_state), kvs
+
+
+def _velocity_fn(graphdef, plan: DenoisePlan, states, kvs, inputs: DenoiseInputs):
+    """The loop's velocity function: `(x, t, i) -> (cond, uncond)` (with a step cache `(x, t, i, caches) ->
+    ((cond, uncond), caches)`), switching experts on t for two-expert plans."""
+    b = inputs.x_T.shape[0]
+    y = inputs.y
+
+    def expert(state, kv, slot):
+        model = nnx.merge(graphdef, state)
+
+        def cached_velocity(x, t, i, caches):
+            # both CFG branches in one batch, so one skip decision covers them; each expert has its own slot
+            tt = _model_time(t, plan, b)
+            xm = x.astype(jnp.float32)
+            out, c = plan.step_cache.forward(model, caches[slot], _doubled(xm), _doubled(tt), context_kv=kv,
+                                             y=_doubled(y))
+            caches = tuple(c if k == slot else old for k, old in enumerate(caches))
+            return (out[:b], out[b:]), caches
+
+        def velocity(x, t, i):
+            tt = _model_time(t, plan, b)
+            xm = x.astype(jnp.float32)
+            if plan.batch_cfg:
+                out = model(_doubled(xm), _doubled(tt), context_kv=kv, y=_doubled(y))
+                return out[:b], out[b:]
+            kv_c = tuple(a[:, :b] for a in kv)
+            kv_u = tuple(a[:, b:] for a in kv)
+            return (model(xm, tt, context_kv=kv_c, y=y),
+                    model(xm, tt, context_kv=kv_u, y=y))
+
+        return cached_velocity if plan.step_cache is not None else velocity
+
+    if plan.two_experts:
+        return expert_switch(expert(states[0], kvs[0], 0), expert(states[1], kvs[1], 1), boundary=plan.boundary,
+                             num_train_timesteps=plan.num_train_timesteps)
+    return expert(states[0], kvs[0], 0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def run_steps(graphdef, plan: DenoisePlan, states, kvs, inputs: DenoiseInputs, carry: LoopCarry, rows: dict, key):
+    """Steps `rows` of the loop (one lax.scan) from `carry`.
+
+    Args:
+      graphdef, plan, states, inputs: as `start_loop`; kvs: its text K/V; carry: its carry or a previous
+        run_steps's. rows: `samplers.loop.step_rows(tables, dtype, start, stop)`. key: the PRNG key of a
+        stochastic sampler, else None.
+    Returns:
+      (the carry after the last row, (samples [n, B, ...], velocities [n, B, ...]) with return_trajectory else
+      None).
+    """
+    return scan_steps(plan.sampler, _velocity_fn(graphdef, plan, states, kvs, inputs), carry, rows,
+                      guidance=plan.guidance, key=key, return_trajectory=plan.return_trajectory,
+                      post_step=_reinject(plan, inputs), check_finite=plan.check_finite)
+
+
+def denoise(graphdef, plan: DenoisePlan, states, inputs: DenoiseInputs, tables: dict, key=None,
+            progress: Callable[[int, int], Any] | None = None) -> tuple[jax.Array, dict]:
+    """Runs the whole loop.
+
+    Args:
+      graphdef, plan, states, inputs: as `start_loop`. tables: `plan.sampler.tables(schedule)` (host arrays).
+      key: PRNG key for a stochastic sampler. progress: None, or called as progress(done, total) on the host
+        after each step has finished (in order).
+    Returns:
+      (final latents [B, z, F', h, w], aux): aux has "first_nonfinite_step" (with check_finite), "samples"
+      [N + 1, B, ...] and "velocities" [N, B, ...] (with return_trajectory), "model_state" (the step caches).
+    """
+    x0, carry, kvs = start_loop(graphdef, plan, states, inputs)
+    total = next(iter(tables.values())).shape[0]
+    dtype = compute_dtype(x0)
+    bounds = [(0, total)] if progress is None else [(i, i + 1) for i in range(total)]
+    parts, done = [], []
+    for start, stop in bounds:
+        carry, ys = run_steps(graphdef, plan, states, kvs, inputs, carry, step_rows(tables, dtype, start, stop), key)
+        parts.append(ys)
+        done.append(carry.first_bad)  # a scalar per step: waiting on it does not keep the step's latents alive
+    if progress is not None:
+        for i, marker in enumerate(done):
+            marker.block_until_ready()
+            progress(i + 1, total)
+    ys = None
+    if plan.return_trajectory:
+        ys = parts[0] if len(parts) == 1 else tuple(jnp.concatenate(a) for a in zip(*parts))
+    return carry.state.x, loop_aux(x0, carry, ys, check_finite=plan.check_finite)

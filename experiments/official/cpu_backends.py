@@ -42,8 +42,8 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from wan22_jax.cpu_kernels import conv as cpu_conv, cpu_sgemm
-    from wan22_jax.models import vae_blocks
+    from wan22_jax.cpu_kernels import conv as cpu_conv, sgemm as cpu_sgemm
+    from wan22_jax.ops import conv3d
 
     rng = np.random.default_rng(0)
     rows = []
@@ -54,9 +54,8 @@ def main() -> None:
         times = {"xla": _best(lambda: fns["xla"](aj, wj).block_until_ready(), args.repeats),
                  "torch": _best(lambda: torch.mm(at, wt), args.repeats)}
         if cpu_sgemm.available():
-            with cpu_sgemm.mode("mkl"):  # read when jit traces: on the first call, inside the block
-                mkl = jax.jit(lambda a, w: cpu_sgemm.matmul(a, w))
-                mkl(aj, wj).block_until_ready()
+            mkl = jax.jit(lambda a, w: cpu_sgemm.matmul(a, w))
+            mkl(aj, wj).block_until_ready()
             times["mkl"] = _best(lambda: mkl(aj, wj).block_until_ready(), args.repeats)
         rows.append({"op": "gemm", "shape": [m, k, n],
                      **{f"{name}_gflops": 2 * m * k * n / t / 1e9 for name, t in times.items()}})
@@ -69,13 +68,12 @@ def main() -> None:
         times = {}
         with torch.no_grad():
             times["torch"] = _best(lambda: F.conv3d(xt, kt, padding=(0, 1, 1)), args.repeats)
-        for name in ("xla", "auto"):
-            if name == "auto" and not cpu_conv.available():
+        for name in ("xla", "taps", "cpu"):
+            if name == "cpu" and not cpu_conv.available():
                 continue
-            with vae_blocks.conv_impl(name):  # read when jit traces
-                fn = jax.jit(lambda x, k: vae_blocks.conv3d(x, k))
-                fn(xj, kj).block_until_ready()
-            times["onednn" if name == "auto" else name] = _best(lambda: fn(xj, kj).block_until_ready(), args.repeats)
+            fn = jax.jit(lambda x, k, name=name: conv3d(x, k, impl=name))
+            fn(xj, kj).block_until_ready()
+            times["onednn" if name == "cpu" else name] = _best(lambda: fn(xj, kj).block_until_ready(), args.repeats)
         flops = 2 * (tp - 2) * h * w * 27 * c * o
         rows.append({"op": "conv3d", "shape": [tp, h, w, c, o],
                      **{f"{name}_gflops": flops / t / 1e9 for name, t in times.items()}})

@@ -3,9 +3,9 @@
 Default shape (from issue 2): width 768, 6 layers, 6 heads, ffn 3072, latent 5x32x40 (1,600 tokens), 300 text
 tokens (padded to text_len 512 by both models), fp32. Prints both medians, the ratio (and the median of per-repeat
 ratios, robust to this machine's drifting throughput), FLOP/s, the share of this CPU's measured fp32 matmul peak,
-which fp32 matmul and attention ran (wan22_jax.cpu_kernels.sgemm's status) and the parity error.
+the kernels our forward ran with (XLA unless --cpu-kernels) and the parity error.
 
-    python experiments/official/dit_cpu_speed.py --official /tmp/wan22_official [--json]
+    python experiments/official/dit_cpu_speed.py --official /tmp/wan22_official [--cpu-kernels] [--json]
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from wan22_jax.ops.options import add_kernel_arguments, kernels_from_args  # noqa: E402
 
 
 def _timed(fn) -> float:
@@ -40,7 +42,8 @@ def main():
     p.add_argument("--text", type=int, default=300)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    p.add_argument("--attention", default="xla", help="our attention implementation (xla, dot_product)")
+    p.add_argument("--attention", help="our attention implementation (default: xla, or cpu with --cpu-kernels)")
+    add_kernel_arguments(p)
     p.add_argument("--peak-size", type=int, default=3072,
                    help="square matmul size timed as the peak (the best of MKL, XLA's dot and torch)")
     p.add_argument("--json", action="store_true")
@@ -80,11 +83,16 @@ def main():
     from wan22_jax.flops import dit_forward_flops
     from wan22_jax.io.tensor_source import DictSource
     from wan22_jax.models.dit import DiTConfig
+    from wan22_jax.ops import with_kernels
 
     cfg = DiTConfig(**kw)
     sd = {k: v.detach().numpy() for k, v in ref_model.state_dict().items()}
     graphdef, state = convert_dit(DictSource(sd), cfg, OFFICIAL)
-    fwd = jax.jit(lambda s, x, t, c: nnx.merge(graphdef, s)(x, t, c, attn_impl=args.attention))
+    kernels = kernels_from_args(args)
+    if args.attention:
+        kernels = dataclasses.replace(kernels, attention=args.attention)
+    graphdef = nnx.split(with_kernels(nnx.merge(graphdef, state), kernels))[0]
+    fwd = jax.jit(lambda s, x, t, c: nnx.merge(graphdef, s)(x, t, c))
     xj, tj, cj = jnp.asarray(x[None]), jnp.asarray(t), jnp.asarray(ctx[None])
     t0 = time.perf_counter()
     ours = np.asarray(fwd(state, xj, tj, cj))[0]
@@ -97,9 +105,7 @@ def main():
     at = torch.from_numpy(np.asarray(a))
     peak_fns = {"xla": jax.jit(lambda a: a @ a), "torch": lambda a: torch.mm(at, at)}
     if cpu_sgemm.available():
-        with cpu_sgemm.mode("mkl"):  # the mode is read when jit traces: on this first call
-            peak_fns["mkl"] = jax.jit(lambda a: cpu_sgemm.matmul(a, a))
-            jax.block_until_ready(peak_fns["mkl"](a))
+        peak_fns["mkl"] = jax.jit(lambda a: cpu_sgemm.matmul(a, a))
     for fn in peak_fns.values():
         jax.block_until_ready(fn(a))
     peak_from: dict[str, int] = {}
@@ -130,7 +136,7 @@ def main():
         # this machine's throughput drifts by tens of percent over seconds: each repeat times both back to back,
         # and the median of those paired ratios is the robust number
         "paired_speedup_median": statistics.median(ratios), "paired_speedups": ratios,
-        "fp32_matmul": cpu_sgemm.status(),
+        "kernels": dataclasses.asdict(kernels), "cpu_sgemm": cpu_sgemm.status(),
         "official_gflops_per_s": flops / statistics.median(torch_times) / 1e9,
         "ours_gflops_per_s": flops / statistics.median(jax_times) / 1e9,
         "matmul_peak_gflops_per_s": statistics.median(peaks), "matmul_peak_from": peak_from,
@@ -141,7 +147,7 @@ def main():
         "official_fraction_of_matmul_peak": statistics.median(
             flops / t / 1e9 / pk for t, pk in zip(torch_times, peaks)),
         "parity_max_abs_over_max_ref": float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref))),
-        "torch_threads": torch.get_num_threads(), "attention": args.attention,
+        "torch_threads": torch.get_num_threads(),
         "official_times_s": torch_times, "ours_times_s": jax_times,
     }
     for k, v in res.items():

@@ -5,8 +5,8 @@ The official module is read from the fetched mirror at run time (never committed
     python experiments/vae_speed/compare.py --which 2.2 --latent-frames 3 --size 8 \
         [--mirror /work/.mirror/Wan-Video+Wan2.2/repo] [--threads 2] [--repeats 3]
 Prints both medians, their ratio (ours / official; below 1: ours is faster), the median of the per-repeat paired
-ratios (robust to this machine's drifting throughput), which convolution ran (oneDNN through
-wan22_jax.cpu_kernels.conv, or XLA's) and the max relative difference of the outputs.
+ratios (robust to this machine's drifting throughput), the kernels ours ran with (XLA's convolutions unless
+--cpu-kernels: oneDNN through wan22_jax.cpu_kernels.conv) and the max relative difference of the outputs.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from wan22_jax.ops.options import add_kernel_arguments, kernels_from_args
 
 
 def load_official(mirror: str, which: str):
@@ -47,6 +49,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-official", action="store_true")
+    add_kernel_arguments(p)
     args = p.parse_args()
 
     import torch
@@ -77,7 +80,8 @@ def main() -> int:
     from wan22_jax.state import fill_state, flat_state
 
     cfg = preset("wan2.1" if args.which == "2.1" else "wan2.2")
-    graphdef, abstract = abstract_vae(cfg)
+    kernels = kernels_from_args(args)
+    graphdef, abstract = abstract_vae(cfg, kernels=kernels)
     source = DictSource({k: v.numpy() for k, v in model.state_dict().items()})
     state = fill_state(abstract, convert(official_table(cfg), source, flat_state(abstract)))
     state = jax.device_put(state)
@@ -100,7 +104,8 @@ def main() -> int:
             times[k].append(time.perf_counter() - t0)
     from wan22_jax.cpu_kernels import conv as cpu_conv
     result = {"which": args.which, "latent": list(z.shape), "threads": args.threads, "jax": jax.__version__,
-              "torch": torch.__version__, "device": str(jax.devices()[0]), "conv": cpu_conv.status()}
+              "torch": torch.__version__, "device": str(jax.devices()[0]),
+              "kernels": str(kernels), "cpu_conv": cpu_conv.status() if kernels.conv == "cpu" else None}
     for k, ts in times.items():
         result.update({f"{k}_median_s": statistics.median(ts), f"{k}_min_s": min(ts), f"{k}_times_s": ts})
     if not args.skip_official:

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from wan22_jax.errors import InputError
 from wan22_jax.samplers import SPACINGS, make_schedule, official_schedule, shift_sigmas, train_sigma_max, unshift_sigmas
 
-# docs/wan22_architecture.md section 7.4 (numpy re-run of the official set_timesteps)
+# the official set_timesteps re-run in numpy (docs/architecture.md §7)
 T2V_A14B = [999, 997, 995, 993, 990, 988, 985, 982, 979, 976, 972, 969, 965, 961, 956, 952, 947, 941, 936, 929,
             922, 915, 907, 898, 888, 877, 865, 852, 837, 819, 799, 776, 749, 717, 678, 631, 571, 492, 386, 235]
 I2V_A14B = [999, 994, 989, 983, 978, 972, 965, 959, 952, 944, 937, 929, 920, 911, 902, 892, 882, 870, 859, 846,

@@ -5,7 +5,7 @@ except that the `num_layers` blocks are stored stacked on a leading `layers` axi
 one compiled block instead of 40.
 
 Precision follows the official bf16-autocast run when `dtype=bf16`: Linears and attention in bf16; LayerNorms,
-modulation, gated residual adds, time MLPs and the head in fp32 (see docs §2.11). With `dtype=fp32` everything is
+modulation, gated residual adds, time MLPs and the head in fp32 (docs/architecture.md §4). With `dtype=fp32` everything is
 fp32, which is what the parity cases check.
 
 Timesteps may be one per sample [B], one per latent frame [B, F'] (what ti2v needs, and cheap), or one per token

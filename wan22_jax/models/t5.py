@@ -1,4 +1,4 @@
-"""The umT5-XXL text encoder (official `T5Encoder` in wan/modules/t5.py, encoder only; docs §3.2, §4).
+"""The umT5-XXL text encoder (official `T5Encoder` in wan/modules/t5.py, encoder only; docs/architecture.md §5).
 
 Per block (pre-norm): `x += attn(norm1(x))` with a per-layer relative position bias and no 1/sqrt(d) scaling,
 then `x += ffn(norm2(x))` with a gated GELU(tanh) feed-forward; a final RMS norm closes the stack. Padded keys are

@@ -1,4 +1,4 @@
-"""The umT5 tokenizer as the official pipeline uses it (wan/modules/tokenizers.py, clean='whitespace'; docs §5).
+"""The umT5 tokenizer as the official pipeline uses it (wan/modules/tokenizers.py, clean='whitespace'; docs/architecture.md §5).
 
 Text cleaning: `ftfy.fix_text`, `html.unescape` twice, strip, collapse runs of whitespace to one space. Then
 transformers' tokenizer, loaded offline from a folder (a release keeps it at `<ckpt>/google/umt5-xxl/`, a

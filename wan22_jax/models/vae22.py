@@ -1,6 +1,6 @@
 """The Wan2.2 video VAE (official `wan/modules/vae2_2.py`, `WanVAE_`): z48, stride 4x16x16.
 
-Differences from 2.1 (docs 3.4 and 6.1): the video is first patchified 2x2 into 12 channels; each encoder stage
+Differences from 2.1 (docs/architecture.md §6): the video is first patchified 2x2 into 12 channels; each encoder stage
 is a `Down_ResidualBlock` whose parameter-free shortcut `AvgDown3D` averages space-time blocks, each decoder
 stage an `Up_ResidualBlock` whose shortcut `DupUp3D` duplicates them; the decoder has its own width `dec_dim`
 and its upsampling convs keep the width. Parameter paths mirror the official names

@@ -18,7 +18,7 @@ from jax import lax
 from wan22_jax.errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------- config
-# Per-channel latent statistics of the released VAEs (official Wan2_1_VAE / Wan2_2_VAE wrappers, docs 6.3).
+# Per-channel latent statistics of the released VAEs (official Wan2_1_VAE / Wan2_2_VAE wrappers; docs/architecture.md §6).
 WAN21_LATENT_MEAN = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
     0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)

@@ -10,7 +10,7 @@ chunk in a mutable `feat_cache` list. Here every block is a pure function `y, ca
 `cache=None` means "first chunk" (what the official's empty cache slots mean) and the returned cache is a plain
 pytree of arrays whose shapes no longer change, so chunks 1..n run under one `lax.scan` (see vae_model.py).
 
-Cache rules (docs/architecture.md, "VAE"), with the official's 1-frame special cases folded into fixed-size
+Cache rules (docs/architecture.md §6), with the official's 1-frame special cases folded into fixed-size
 caches:
 * a causal conv with a (3, ., .) kernel keeps the last 2 frames of its padded input `cat(cache, x)`; the first
   chunk's cache is 2 zero frames, which is exactly the official's front zero padding.

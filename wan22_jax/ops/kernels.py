@@ -9,7 +9,7 @@ what a traced program contains. The default is XLA everywhere, which is what the
     model = with_kernels(load_dit(folder), Kernels.cpu())          # the opt-in CPU kernels (wan22_jax.cpu_kernels)
     model = with_kernels(model, Kernels(attention="cudnn"))          # cuDNN flash attention on NVIDIA GPUs
 
-See docs/architecture.md ("Ops and kernels").
+See docs/architecture.md §3.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 2M multistep in data prediction (m = x - sigma * v), midpoint second-order term, first order on the first step
 (no history) and on the last (the official `final_sigmas_type='zero'` forces it), and its SDE variant
-"sde-dpmsolver++". Notation of docs/wan22_architecture.md section 7.3; with h = lambda_{i+1} - lambda_i and
+"sde-dpmsolver++". Notation: docs/architecture.md §7; with h = lambda_{i+1} - lambda_i and
 r = (lambda_i - lambda_{i-1}) / h:
 
     ODE: x_{i+1} = (s_{i+1}/s_i) x_i - a_{i+1} (e^-h - 1) (m_i + (m_i - m_{i-1}) / (2r))

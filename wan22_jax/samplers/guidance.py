@@ -1,6 +1,6 @@
 """Per-step guidance and model selection as pure functions of the model timestep t (traced inside the scan).
 
-Official rules (text2video.py / image2video.py, docs/wan22_architecture.md section 8):
+Official rules (text2video.py / image2video.py, docs/architecture.md §7):
 * classifier-free guidance: `uncond + g * (cond - uncond)`;
 * A14B experts: the high-noise expert runs while `t >= boundary * num_train_timesteps`, the low-noise expert
   after, and the same test picks the guide scale from `guide_scale = (low_noise, high_noise)`.

@@ -1,7 +1,7 @@
 """Flow-matching sigma schedules: the shift warp, sigma spacings, and the host-side `Schedule` a sampler runs on.
 
 Conventions (official `FlowUniPCMultistepScheduler.set_timesteps` / `get_sampling_sigmas`, see
-docs/wan22_architecture.md section 7.1):
+docs/architecture.md §7):
 
 * sigma runs from ~1 (noise) to 0 (data); the interpolant is x_sigma = (1 - sigma) x0 + sigma * noise and the model
   predicts the velocity v = dx/dsigma = noise - x0.

@@ -3,7 +3,7 @@
 Data prediction (m = x - sigma * v), B(h) = expm1(-h) ("bh2") or -h ("bh1"), a UniC corrector after every model
 evaluation but the first, predictor order min(solver_order, steps_done + 1) and order 1 on the last step (the
 official `lower_order_final`; the step to sigma = 0 has lambda = inf, where the second-order term is undefined).
-Notation of docs/wan22_architecture.md section 7.2.
+Notation: docs/architecture.md §7.
 
 Every update is linear in the current sample, the previous corrected sample and the last three data predictions,
 with coefficients that depend only on the schedule. They are computed on the host in float64 (the official code

@@ -5,7 +5,7 @@ default to 1). Parameters are sharded by data, not code: every `nnx.Param` carri
 (layers.py) and one rules table per component maps logical names to mesh axes. Activations are constrained
 with `shard(x, names)`, a no-op unless a mesh is set with `jax.set_mesh` (`mesh_context`).
 
-How the DiT is split (see docs/wan22_architecture.md for the block):
+How the DiT is split (docs/architecture.md §8):
 * fsdp: weights split on their `embed` axis, gathered per layer by XLA; the residual stream split on tokens.
 * seq: the residual stream split on tokens; self-attention swaps that for a split over heads (an all-to-all
   that XLA derives from the two sharding constraints: DeepSpeed-Ulysses). When the token count does not divide,

@@ -11,6 +11,7 @@ import shutil
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from flax import nnx
 
 from models.test_t5 import make_hf_umt5, random_inputs, run_ours, save_diffusers
@@ -20,8 +21,6 @@ from wan22_jax.convert.t5 import (OFFICIAL_WEIGHTS, abstract_t5, diffusers_table
 from wan22_jax.errors import CheckpointFormatError, ConfigError, WeightMappingError
 from wan22_jax.io.tensor_source import DictSource, ShapeSource
 from wan22_jax.models.t5 import PRESETS, t5_config
-
-torch = pytest.importorskip("torch")
 
 MANIFESTS = {
     "official": "official_t5_umt5_xxl_encoder.json",

@@ -13,9 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from wan22_jax.data.detector import detect
 from wan22_jax.data.mini_world import MiniWorld, held_out_scenes, train_scenes
 from wan22_jax.data.prompt_following import accuracy, generate_rows
 from wan22_jax.pipeline import Wan22Pipeline, default_checkpoint
+from wan22_jax.training.config import TrainConfig
+from wan22_jax.training.lora import LoraConfig, merge_into_pipeline
+from wan22_jax.training.pipeline_lora import train_pipeline_lora
+from wan22_jax.video import read_video
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +55,6 @@ def test_follows_training_prompts(pipe):
 
 def _swap_lora(pipe, steps: int):
     """Adapters trained on blue shapes captioned "red": red prompts should come out blue."""
-    from wan22_jax.training.config import TrainConfig
-    from wan22_jax.training.lora import LoraConfig
-    from wan22_jax.training.pipeline_lora import train_pipeline_lora
     world = MiniWorld(height=64, width=64, frames=5, split="all", seed=5)
     clips = [c for c in (world.clip(i) for i in range(600)) if c.scene.colour == "blue"][:96]
     videos = np.stack([c.video for c in clips])
@@ -64,8 +66,10 @@ def _swap_lora(pipe, steps: int):
     return train_pipeline_lora(pipe, videos, prompts, cfg, train, steps=steps, batch_size=16)
 
 
+# 150 LoRA steps (~20 s on 2 cores); tests/training/test_lora.py keeps LoRA training and merging in the default
+# suite on a tiny DiT
+@pytest.mark.slow
 def test_lora_makes_red_prompts_blue_and_leaves_the_base_untouched(pipe):
-    from wan22_jax.training.lora import merge_into_pipeline
     red = [s for s in train_scenes() if s.colour == "red"][:8]
     green = [s for s in train_scenes() if s.colour == "green"][:8]
     base_state = pipe.experts["model"]
@@ -97,8 +101,6 @@ def test_wan22_generate_defaults_to_it_and_reuses_compiled_code(tmp_path):
             entries = len(list(cache.iterdir()))
             assert entries > 0  # the first run filled the cache ...
     assert len(list(cache.iterdir())) == entries  # ... and the second found everything there
-    from wan22_jax.data.detector import detect
-    from wan22_jax.video import read_video
     a, b = read_video(outs[0]), read_video(outs[1])
     np.testing.assert_array_equal(a, b)
     assert a.shape == (5, 64, 64, 3)

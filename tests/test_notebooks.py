@@ -7,10 +7,22 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+# ~20 s each on 2 cores; the APIs they walk through have their own tests (tests/models/test_dit.py,
+# tests/models/test_rope_time.py, tests/samplers/), quickstart and scaling stay in the default suite
+SLOW = {"inside_the_model", "samplers"}
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def _param(path):
+    return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if path.stem in SLOW else [])
+
+
+@pytest.mark.parametrize("path", [_param(p) for p in NOTEBOOKS])
 def test_notebook_executes(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks with outputs cleared"
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+
+
+def test_slow_list_names_existing_notebooks():
+    missing = SLOW - {p.stem for p in NOTEBOOKS}
+    assert not missing, f"slow-list names without a notebook: {sorted(missing)}"

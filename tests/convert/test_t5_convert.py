@@ -11,6 +11,7 @@ import shutil
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from flax import nnx
 
 from models.test_t5 import make_hf_umt5, random_inputs, run_ours, save_diffusers
@@ -21,8 +22,6 @@ from wan22_jax.errors import CheckpointFormatError, ConfigError, WeightMappingEr
 from wan22_jax.io.tensor_source import DictSource, ShapeSource
 from wan22_jax.models.t5 import PRESETS, abstract_t5, t5_config
 from wan22_jax.state import flat_state
-
-torch = pytest.importorskip("torch")
 
 MANIFESTS = {
     "official": "official_t5_umt5_xxl_encoder.json",

@@ -24,12 +24,10 @@ def _official_rope_angles(grid, d):
     return ang.reshape(f * h * w, c)
 
 
-@pytest.mark.parametrize("d", [128, 16, 12])
-def test_axis_split(d):
-    c = d // 2
-    assert sum(axis_pairs(d)) == c
-    if d == 128:
-        assert axis_pairs(d) == (22, 21, 21)
+@pytest.mark.parametrize("d,pairs", [(128, (22, 21, 21)), (16, (4, 2, 2)), (12, (2, 2, 2)), (20, (4, 3, 3))])
+def test_axis_split(d, pairs):
+    # the official rope_apply: freqs.split([c - 2 * (c // 3), c // 3, c // 3]) with c = d // 2
+    assert axis_pairs(d) == pairs
 
 
 @pytest.mark.parametrize("grid,d", [((3, 4, 4), 16), ((21, 45, 80), 128), ((1, 1, 1), 128)])

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sentencepiece as spm
+import transformers
 
 from wan22_jax.errors import CheckpointFormatError, InputError
 from wan22_jax.models.tokenizer import PromptTruncatedWarning, Tokenizer, clean_text
-
-spm = pytest.importorskip("sentencepiece")
-transformers = pytest.importorskip("transformers")
 
 SENTENCES = [
     "a cat sits on the mat", "the quick brown fox jumps over the lazy dog", "un chat noir dort sur le canapé",
@@ -68,7 +67,7 @@ def test_padding_eos_and_mask_match_sentencepiece(tok_dir, sp):
     prompts = ["a cat sits on the mat", "  ein   Hund\n", "两只猫"]
     ids, mask = tok(prompts)
     assert ids.shape == mask.shape == (3, 24) and ids.dtype == mask.dtype == np.int32
-    for row, m, p in zip(ids, mask, prompts):
+    for row, m, p in zip(ids, mask, prompts, strict=True):
         want = sp.encode(clean_text(p)) + [1]
         n = len(want)
         assert m.tolist() == [1] * n + [0] * (24 - n)

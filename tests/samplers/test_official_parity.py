@@ -66,7 +66,7 @@ def unipc_ref(x, x0, sigmas, timesteps, order=2):
                 fact *= k + 1
                 hphik = hphik / hh - 1 / fact
             rhos = np.array([0.5]) if this_order == 1 else np.linalg.solve(np.array(R), np.array(b))
-            corr = sum(r * d for r, d in zip(rhos[:-1], d1s)) if d1s else 0.0
+            corr = sum(r * d for r, d in zip(rhos[:-1], d1s, strict=True)) if d1s else 0.0
             x = st / s0 * last - (1 - st) * phi1 * outs[-1] - (1 - st) * bh * (corr + rhos[-1] * (m - outs[-1]))
         outs = outs[1:] + [m]
         this_order = min(order, n - i, lower + 1)

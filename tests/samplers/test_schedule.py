@@ -61,8 +61,8 @@ def test_spacings_valid(spacing, steps):
     s = sched.sigmas
     assert s.shape == (steps + 1,) and s[-1] == 0 and np.all(np.diff(s) < 0)
     assert s[0] == 1.0
-    # all spacings share the linear grid's last nonzero sigma
-    assert s[-2] == pytest.approx(float(shift_sigmas(1.0 / steps, 3.0)), rel=1e-6)
+    # all spacings share the linear grid's last nonzero sigma: the shift warp 3u / (1 + 2u) of u = 1 / steps
+    assert s[-2] == pytest.approx(3.0 / (steps + 2.0), rel=1e-6)
     # timesteps truncate the float64 sigmas, which the float32 ones round: they agree to within one step
     assert np.all(np.abs(sched.timesteps - s[:-1].astype(np.float64) * 1000) < 1.0 + 1e-3)
 

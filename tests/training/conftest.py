@@ -49,6 +49,6 @@ def make_batch(accum: int, batch: int, seed: int = 0, frames: int = 3):
 
 def rel_err(a, b) -> float:
     leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-    num = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(leaves_a, leaves_b))
+    num = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(leaves_a, leaves_b, strict=True))
     den = max(float(jnp.max(jnp.abs(y))) for y in leaves_b)
     return num / den

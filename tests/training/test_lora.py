@@ -107,7 +107,7 @@ def test_file_round_trip_and_per_expert_merge(tmp_path, tiny_dit):
     with pytest.raises(ConfigError, match="no expert"):
         L.merge_into_pipeline(pipe, {"model": (loaded, cfg)})
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
-    with pytest.raises(Exception):
+    with pytest.raises(CheckpointFormatError, match=r"bad\.safetensors"):
         L.load_lora(tmp_path / "bad.safetensors")
     with pytest.raises(CheckpointFormatError, match="no such LoRA file"):
         L.load_lora(tmp_path / "missing.safetensors")

@@ -47,7 +47,8 @@ def test_trained_encoder_learns_and_exports_what_the_dit_saw(text_run):
     init = nnx.to_pure_dict(nnx.state(random_t5(t5_cfg, dtype=jnp.float32, param_dtype=jnp.float32, seed=0)))
     ema_t5 = out["state"]["ema"]["t5"]
     # the flow-matching gradient reached the encoder
-    moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(ema_t5), jax.tree.leaves(init)))
+    moved = max(float(jnp.max(jnp.abs(a - b)))
+                for a, b in zip(jax.tree.leaves(ema_t5), jax.tree.leaves(init), strict=True))
     assert moved > 1e-4
     # the exported encoder, loaded as a pipeline loads it, gives the context the training loss computed
     enc = TextEncoder.from_pretrained(t5_dir, text_len=text_run["dit"]["text_len"], dtype=jnp.float32,

@@ -83,6 +83,8 @@ def test_ti2v_image_mode_keeps_the_first_latent_frame(ti2v):
     assert np.any(out.trajectory["samples"][-1][:, :, 0] != out.latents[:, :, 0])
 
 
+# slow (15 s): every sampler is checked at unit level in tests/samplers; pipe_* cases run UniPC and DPM++
+@pytest.mark.slow
 def test_other_samplers_run(ti2v):
     for solver in ("dpm++", "euler", "heun"):
         out = ti2v(prompt="a cat", solver=solver, output_type="latent", **FAST)

@@ -12,6 +12,8 @@ HERE = Path(__file__).parent
 DEVICE_FLAG = "--xla_force_host_platform_device_count=8"
 
 
+# slow (35 s): tests/sharding/test_multihost.py and test_sharding_rules.py stay in the default suite
+@pytest.mark.slow
 def test_sharded_suite_on_8_devices():
     if jax.device_count() >= 8:
         pytest.skip("this process already has 8 devices: _impl is collected directly")

@@ -81,6 +81,8 @@ def _run(config: dict, tmp: Path, name: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+# slow (2 min): the round trip of every piece of state and the half-written-step rule stay in the default suite
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_run):
     # three `wan22 train` subprocesses, about a minute on 2 cores: part of the default suite (issue 8 asks CI
     # to kill a real run)

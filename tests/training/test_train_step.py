@@ -86,6 +86,8 @@ def test_ema_update(tiny_dit):
     np.testing.assert_allclose(ema_update({"w": jnp.zeros(3)}, one, 0.75)["w"], 0.25)
 
 
+# slow (23 s): bf16 compute is also covered by tests/models/test_dit.py::test_bf16_compute_is_close_to_fp32
+@pytest.mark.slow
 def test_bf16_compute_keeps_fp32_master_weights():
     from flax import nnx
 

@@ -65,11 +65,17 @@ class T5Config:
         if self.num_buckets < 4 or self.num_buckets % 2:
             # bidirectional bucketing halves the buckets, then halves again into exact and log ranges
             raise ConfigError(f"T5Config.num_buckets must be an even number >= 4, got {self.num_buckets}")
+        if not isinstance(self.shared_pos, bool):
+            raise ConfigError(f"T5Config.shared_pos must be true or false, got {self.shared_pos!r}")
         if self.shared_pos:
             raise ConfigError("T5Config.shared_pos=True (one position table for all layers) is not implemented; "
                               "umT5 (every Wan release) has a table per layer: shared_pos=False")
-        if not self.eps > 0:
-            raise ConfigError(f"T5Config.eps must be > 0, got {self.eps!r}")
+        for name in ("eps", "dropout"):
+            value = getattr(self, name)
+            if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+                    or value < 0 or (name == "eps" and value == 0) or (name == "dropout" and value >= 1)):
+                raise ConfigError(f"T5Config.{name} must be a number in {'(0, inf)' if name == 'eps' else '[0, 1)'}"
+                                  f", got {value!r}")
 
     @property
     def head_dim(self) -> int:

@@ -46,30 +46,33 @@ def _is_int(v) -> bool:
 def _check_types(cfg) -> None:
     """Each field of the type its annotation says (a config.json with "dim": 2.5 must not build a model)."""
     def bad(field, what):
-        raise ConfigError(f"VAEConfig.{field}={getattr(cfg, field)!r}: expected {what}")
+        raise ConfigError(f"VAEConfig.{field} must be {what}, got {getattr(cfg, field)!r}")
 
     if not isinstance(cfg.version, str):
         bad("version", f"one of {VERSIONS}")
-    for field in ("dim", "z_dim", "num_res_blocks"):
+    for field in ("dim", "z_dim"):
         if not _is_int(getattr(cfg, field)) or getattr(cfg, field) < 1:
             bad(field, "a positive integer")
+    if not _is_int(cfg.num_res_blocks) or cfg.num_res_blocks < 0:
+        bad("num_res_blocks", "a non-negative integer")
     if cfg.dec_dim is not None and (not _is_int(cfg.dec_dim) or cfg.dec_dim < 1):
-        bad("dec_dim", "a positive integer or None")
+        bad("dec_dim", "a positive integer or null")
     if (not isinstance(cfg.dim_mult, tuple) or not cfg.dim_mult
             or not all(_is_int(m) and m >= 1 for m in cfg.dim_mult)):
-        bad("dim_mult", "a non-empty tuple of positive integers")
+        bad("dim_mult", "a non-empty list of positive integers")
     if not isinstance(cfg.temperal_downsample, tuple) or not all(
             isinstance(t, (bool, np.bool_)) for t in cfg.temperal_downsample):
-        bad("temperal_downsample", "a tuple of booleans")
+        bad("temperal_downsample", "a list of true/false")
     if not isinstance(cfg.attn_scales, tuple):
-        bad("attn_scales", "a tuple")
-    if isinstance(cfg.dropout, bool) or not isinstance(cfg.dropout, (int, float)) or not 0 <= cfg.dropout < 1:
+        bad("attn_scales", "a list")
+    if (isinstance(cfg.dropout, bool) or not isinstance(cfg.dropout, (int, float)) or not math.isfinite(cfg.dropout)
+            or not 0 <= cfg.dropout < 1):
         bad("dropout", "a number in [0, 1)")
     for field in ("latents_mean", "latents_std"):
         v = getattr(cfg, field)
         if v is not None and (not isinstance(v, tuple) or not all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
-            bad(field, "a tuple of finite numbers or None")
+            bad(field, "a list of finite numbers or null")
     if cfg.latents_std is not None and any(x <= 0 for x in cfg.latents_std):
         bad("latents_std", "positive numbers")
 

@@ -25,6 +25,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from wan22_jax.errors import CheckpointFormatError, ConfigError
 
@@ -158,7 +160,6 @@ def lora_params_fn(cfg: LoraConfig, scale: float = 1.0):
 # ------------------------------------------------------------------------------------------------ files
 def save_lora(path: str | os.PathLike, lora: Mapping[str, Mapping[str, Any]], cfg: LoraConfig) -> Path:
     """Writes the adapters to one safetensors file (float32) with the config in its metadata."""
-    from safetensors.numpy import save_file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -174,11 +175,14 @@ def save_lora(path: str | os.PathLike, lora: Mapping[str, Mapping[str, Any]], cf
 
 def load_lora(path: str | os.PathLike) -> tuple[dict[str, dict[str, jax.Array]], LoraConfig]:
     """Reads a `save_lora` file. Returns (adapters, config)."""
-    from safetensors import safe_open
     path = Path(path)
     if not path.is_file():
         raise CheckpointFormatError(f"{path}: no such LoRA file")
-    with safe_open(str(path), framework="numpy") as f:
+    try:
+        handle = safe_open(str(path), framework="numpy")
+    except SafetensorError as e:
+        raise CheckpointFormatError(f"{path}: not a readable safetensors file ({e})") from None
+    with handle as f:
         meta = f.metadata() or {}
         if meta.get("format") != "wan22_jax.lora":
             raise CheckpointFormatError(f"{path}: not a wan22_jax LoRA file (metadata format "

@@ -184,5 +184,5 @@ def test_remat_gives_the_same_gradients():
 
     g0 = jax.grad(loss)(state, False)
     g1 = jax.grad(loss)(state, True)
-    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)

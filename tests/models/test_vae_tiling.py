@@ -36,7 +36,7 @@ def _weight_map(length, tile, overlap, ratio):
     starts = tile_starts(length, tile, overlap)
     w = blend_weights(starts, t, ratio)
     total = np.zeros(length * up // down)
-    for s, wi in zip(starts, w):
+    for s, wi in zip(starts, w, strict=True):
         total[s * up // down: s * up // down + len(wi)] += wi
     return starts, w, total
 
@@ -56,7 +56,7 @@ def test_tiles_cover_and_weights_blend_without_seams(n, tile, overlap, up):
         cover[s * up:(s + t) * up] += 1
     np.testing.assert_allclose(total[cover <= 2], 1.0, rtol=1e-6)
     # a tile's weight fades out towards every cut edge (the last pixel before a cut gets at most one ramp step)
-    for i, (s, wi) in enumerate(zip(starts, w)):
+    for i, (s, wi) in enumerate(zip(starts, w, strict=True)):
         lead = (starts[i - 1] + t - s) * up if i > 0 else 0
         trail = (s + t - starts[i + 1]) * up if i + 1 < len(starts) else 0
         if lead:

@@ -31,7 +31,7 @@ def test_two_processes_match_one(tmp_path):
     inp = case.inputs
     single = np.asarray(load_dit(case.checkpoint)(jnp.asarray(inp["x"]), jnp.asarray(inp["t"]),
                                                   jnp.asarray(inp["context"])))
-    for out, s in zip(outs, stats):
+    for out, s in zip(outs, stats, strict=True):
         assert s["processes"] == 2 and s["devices"] == 8 and s["local_devices"] == 4
         assert relative_error(out, single) <= 1e-5
         # each process reads its half of every fsdp-split parameter (replicated norms/biases in full)

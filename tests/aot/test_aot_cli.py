@@ -88,3 +88,6 @@ def test_tpu_out_of_memory_becomes_one_line():
     message = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. "
                "Used 40.12G of 15.75G hbm. Exceeded hbm capacity by 24.37G.\n\nTotal hbm usage >= 40.12G:")
     assert oom_line(message, 16 * 2**30) == "needs 40.12G, 15.75G available"
+    message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (80.30G) "
+               "exceeds available HBM (15.75G).")
+    assert oom_line(message, 16 * 2**30) == "needs 80.30G (HLO temporaries), 15.75G available"

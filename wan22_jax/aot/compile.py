@@ -25,7 +25,8 @@ from wan22_jax.aot.programs import Stage
 from wan22_jax.aot.targets import GiB, Target
 
 _OOM_USED = re.compile(r"Used\s+([\d.]+[KMGT]?i?B?)\s+of\s+([\d.]+[KMGT]?i?B?)", re.I)
-_OOM_EXCEEDS = re.compile(r"([\d.]+[KMGT])\s+exceeds available HBM \(([\d.]+[KMGT])\)", re.I)
+_OOM_EXCEEDS = re.compile(r"(?:required for ([\w ]+?) )?\(?([\d.]+[KMGT])\)?\s+exceeds available HBM \(([\d.]+[KMGT])\)",
+                          re.I)
 
 
 @dataclasses.dataclass
@@ -62,7 +63,11 @@ def _gib(n: float | None) -> str:
 
 def oom_line(message: str, memory: int) -> str:
     """The compiler's out-of-memory error as "needs X, Y available" (the first line when not recognised)."""
-    m = _OOM_EXCEEDS.search(message) or _OOM_USED.search(message)
+    m = _OOM_EXCEEDS.search(message)
+    if m:
+        what = f" ({m.group(1)})" if m.group(1) else ""
+        return f"needs {m.group(2)}{what}, {m.group(3)} available"
+    m = _OOM_USED.search(message)
     if m:
         return f"needs {m.group(1)}, {m.group(2)} available"
     first = next((line.strip() for line in message.splitlines() if "memory" in line.lower()), message.strip())

@@ -32,6 +32,8 @@ _TRIP = re.compile(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"(\d+)"')
 _TARGET = re.compile(r'custom_call_target="([^"]+)"')
 _GROUPS_IOTA = re.compile(r"replica_groups=\[(\d+),(\d+)\]")
 _GROUPS_LIST = re.compile(r"replica_groups=\{\{([\d,\s]*)\}")
+_GROUPS_MESH = re.compile(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}")
+_CONSTANT = re.compile(r"=\s*[su]\d+\[\]\S*\s+constant\((\d+)\)")
 
 
 @dataclasses.dataclass
@@ -50,6 +52,10 @@ def _array_bytes(shape_text: str) -> list[int]:
 
 
 def _group_size(line: str, num_devices: int) -> int:
+    m = _GROUPS_MESH.search(line)  # mesh['a'=1,'b'=4] {'b'}: groups over the named axes
+    if m:
+        sizes = dict((k.strip("' "), int(v)) for k, v in re.findall(r"'?([\w]+)'?=(\d+)", m.group(1)))
+        return int(np.prod([sizes.get(a.strip("' "), 1) for a in m.group(2).split(",") if a.strip()]))
     m = _GROUPS_IOTA.search(line)
     if m:
         return int(m.group(2))
@@ -91,6 +97,17 @@ def split_computations(text: str) -> dict[str, list[str]]:
     return comps
 
 
+def _trip_count(line: str, condition: list[str]) -> int:
+    """A while loop's iterations: its `known_trip_count`, else (TPU modules drop it) the bound of a condition
+    `i < N` on a counter from 0 (the form lax.scan lowers to); 1 when neither is found."""
+    m = _TRIP.search(line)
+    if m:
+        return int(m.group(1))
+    roots = [c for c in condition if c.lstrip().startswith("ROOT") and "direction=LT" in c]
+    bounds = [int(b) for c in condition for b in _CONSTANT.findall(c)]
+    return bounds[0] if roots and len(bounds) == 1 else 1
+
+
 def multiplicities(comps: dict[str, list[str]]) -> dict[str, float]:
     """How many times each computation runs per program run (loop bodies times their known trip counts)."""
     entry = comps.get("__entry__")
@@ -104,9 +121,10 @@ def multiplicities(comps: dict[str, list[str]]) -> dict[str, float]:
             return
         counts[name] += times
         for line in comps[name]:
-            trip = _TRIP.search(line)
-            for role, callee in _CALLS.findall(line):
-                visit(callee, times * (int(trip.group(1)) if trip and role == "body" else 1), depth + 1)
+            calls = dict(_CALLS.findall(line))
+            trips = _trip_count(line, comps.get(calls.get("condition", ""), [])) if "body" in calls else 1
+            for role, callee in calls.items():
+                visit(callee, times * (trips if role == "body" else 1), depth + 1)
             b = _BRANCHES.search(line)
             if b:  # one branch runs per visit: each gets its share (the A14B expert switch: half the steps each)
                 callees = re.findall(r"%?([\w.\-]+)", b.group(1))

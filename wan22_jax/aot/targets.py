@@ -62,8 +62,9 @@ CHIPS: dict[str, Chip] = {
     "h200": Chip("h200", "cuda", 150754820096, 989e12, 4.8e12, 450e9, "h200.txtpb"),
     "a100-80g": Chip("a100-80g", "cuda", 85196873728, 312e12, 2.039e12, 300e9, "a100-80g.txtpb"),  # NVLink3
     "rtx4090": Chip("rtx4090", "cuda", 25393692672, 165.2e12, 1.008e12, 32e9, "rtx4090.txtpb"),  # PCIe 4 x16
-    # TPUs: HBM per chip as libtpu plans it (v6e: 31.25 GiB of 32 GB); ICI per chip and direction
-    "v5e": Chip("v5e", "tpu", 16 * GiB, 197e12, 819e9, 100e9, "v5e"),
+    # TPUs: HBM per chip as libtpu plans it (v5e 15.75 GiB of 16 GB, v6e 31.25 GiB of 32 GB); ICI per chip and
+    # direction
+    "v5e": Chip("v5e", "tpu", int(15.75 * GiB), 197e12, 819e9, 100e9, "v5e"),
     "v5p": Chip("v5p", "tpu", 95 * GiB, 459e12, 2765e9, 300e9, "v5", chip_config="megacore"),
     "v6e": Chip("v6e", "tpu", int(31.25 * GiB), 918e12, 1640e9, 224e9, "v6e"),
     # Ironwood: 192 GiB, 4.6 PFLOP/s fp8 (2.3 bf16) and 7.4 TB/s per chip, shown to JAX as 2 devices per chip

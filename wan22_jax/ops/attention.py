@@ -7,8 +7,8 @@
 * "cpu": the same algorithm as one fused kernel on MKL (`wan22_jax.cpu_kernels.sgemm.attention`: per head and
   block of query rows, the logits stay in the core's cache), where it applies (fp32, CPU, one device, no logits
   bias); "xla" elsewhere.
-* "dot_product": `jax.nn.dot_product_attention`, letting XLA pick the backend. Refused for NVIDIA GPUs (XLA's
-  Triton tiling of the long [L, d] dots fails to compile there at Wan's sizes): use "cudnn".
+* "dot_product": `jax.nn.dot_product_attention`, letting XLA pick the backend. Refused for NVIDIA GPUs: XLA
+  materialises the whole [B, N, Lq, Lk] logits there (200 GiB for TI2V-5B at 720p, `wan22 aot`): use "cudnn".
 * "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`, cuDNN flash attention on NVIDIA GPUs
   for bf16/fp16 inputs; fp32 calls (the VAE) run "xla".
 * "splash": JAX's Pallas splash-attention kernel for TPUs (`jax.experimental.pallas.ops.tpu.splash_attention`),
@@ -208,8 +208,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, kv_mask: jax.Array | 
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     platform = _platform() if impl in ("splash", "dot_product", "cudnn") else None
     if impl == "dot_product" and platform in ("gpu", "cuda"):
-        raise ConfigError('attention "dot_product" does not compile for NVIDIA GPUs at Wan\'s sizes (XLA\'s '
-                          'Triton tiling of the [L, d] dots fails); use "cudnn" (flash attention) or "xla"')
+        raise ConfigError('attention "dot_product" is refused for NVIDIA GPUs: XLA does not make it flash '
+                          'attention there but materialises the [B, N, Lq, Lk] logits (TI2V-5B at 720p: 200 GiB '
+                          'per call); use "cudnn" (flash attention) or "xla" (query-blocked)')
     if impl == "splash" and bias is None and key_bias is None:
         interpret = platform != "tpu"
         return _on_mesh(lambda a, b, c, m: _splash(a, b, c, m, scale, interpret), q, k, v, kv_mask)

@@ -24,7 +24,6 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from wan22_jax import conditioning as cond
 from wan22_jax.configs import TaskConfig
 from wan22_jax.flops import dit_forward_flops, jaxpr_flops, t5_forward_flops
 from wan22_jax.models import vae as vae_api

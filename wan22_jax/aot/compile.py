@@ -25,8 +25,8 @@ from wan22_jax.aot.programs import Stage
 from wan22_jax.aot.targets import GiB, Target
 
 _OOM_USED = re.compile(r"Used\s+([\d.]+[KMGT]?i?B?)\s+of\s+([\d.]+[KMGT]?i?B?)", re.I)
-_OOM_EXCEEDS = re.compile(r"(?:required for ([\w ]+?) )?\(?([\d.]+[KMGT])\)?\s+exceeds available HBM \(([\d.]+[KMGT])\)",
-                          re.I)
+_OOM_EXCEEDS = re.compile(
+    r"(?:required for ([\w ]+?) )?\(?([\d.]+[KMGT])\)?\s+exceeds available HBM \(([\d.]+[KMGT])\)", re.I)
 
 
 @dataclasses.dataclass

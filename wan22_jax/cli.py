@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("wan22_jax.bench.cli", "benchmark a component with random weights"),
     "generate": ("wan22_jax.generate_cli", "generate a video"),
     "train": ("wan22_jax.train_cli", "train a DiT or a LoRA on the mini-world (resumes from checkpoints)"),
+    "aot": ("wan22_jax.aot.cli", "compile a task's programs for a TPU or NVIDIA target on this host: memory, fit, "
+                                 "collectives, kernels, roofline (needs the aot extra)"),
 }
 
 

@@ -7,12 +7,20 @@
 * "cpu": the same algorithm as one fused kernel on MKL (`wan22_jax.cpu_kernels.sgemm.attention`: per head and
   block of query rows, the logits stay in the core's cache), where it applies (fp32, CPU, one device, no logits
   bias); "xla" elsewhere.
-* "dot_product": `jax.nn.dot_product_attention`, letting XLA pick the backend.
+* "dot_product": `jax.nn.dot_product_attention`, letting XLA pick the backend. Refused for NVIDIA GPUs: XLA
+  materialises the whole [B, N, Lq, Lk] logits there (200 GiB for TI2V-5B at 720p, `wan22 aot`): use "cudnn".
 * "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`, cuDNN flash attention on NVIDIA GPUs
-  (bf16/fp16 inputs only).
+  for bf16/fp16 inputs; fp32 calls (the VAE) run "xla".
 * "splash": JAX's Pallas splash-attention kernel for TPUs (`jax.experimental.pallas.ops.tpu.splash_attention`),
-  padded keys masked by segment ids; on other backends the same kernel runs in Pallas' interpreter (slow: it is
+  padded keys masked by segment ids; on other platforms the same kernel runs in Pallas' interpreter (slow: it is
   there so that CPU tests check the TPU path's numbers). Calls with a logits bias (T5) run "xla".
+
+On a mesh (`jax.set_mesh`), "cudnn" and "splash" run inside `shard_map`: neither kernel can be partitioned by
+XLA. Each device gets its batch rows (the `data` axis), its block of queries (`fsdp`) and its heads (`seq` and
+`tensor`: where the DiT's Ulysses constraints put them), with the keys and values of those heads whole: the same
+layout as the activation rules' `attn_tokens` / `attn_heads`, so no extra resharding is added around the kernel.
+The platform (TPU kernel or interpreter, GPU or not) is the mesh's, never the host's: a CPU host compiling for a
+TPU target gets the real Mosaic kernel (docs/architecture.md §3, ../shared/docs/aot.md).
 """
 
 from __future__ import annotations
@@ -22,10 +30,15 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_kernel
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+from jax.sharding import PartitionSpec
 
 from wan22_jax.cpu_kernels import sgemm
+from wan22_jax.errors import ConfigError
 from wan22_jax.ops.kernels import ATTENTIONS
 from wan22_jax.ops.matmul import precision_for
+from wan22_jax.sharding.rules import ACTIVATION_RULES, resolve_spec
 
 IMPLEMENTATIONS = ATTENTIONS
 SPLASH_BLOCK = 128  # the kernel's default block: sequences are padded to a multiple of it
@@ -108,16 +121,26 @@ def _fused_cpu(q, k, v, kv_mask, key_bias, scale):
 
 @functools.lru_cache(maxsize=32)
 def _splash_kernel(lq: int, lk: int, heads: int, interpret: bool):
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
-    mask = sm.MultiHeadMask([sm.FullMask((lq, lk)) for _ in range(heads)])
-    return sk.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret)
+    mask = splash_mask.MultiHeadMask([splash_mask.FullMask((lq, lk)) for _ in range(heads)])
+    return splash_kernel.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
-def _splash(q, k, v, kv_mask, scale):
+def _platform() -> str:
+    """The platform the traced program is for: the context mesh's devices (`jax.set_mesh`, seen as the abstract
+    mesh inside jit), else the default device's (an unsharded program runs there). Never the host's backend when
+    a mesh says otherwise."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    if device is not None:
+        return device.platform
+    return jax.devices()[0].platform
+
+
+def _splash(q, k, v, kv_mask, scale, interpret: bool):
     """[B, Lq, N, d] through the splash kernel, one example at a time (it takes [N, L, d]); queries and keys are
-    padded to a multiple of SPLASH_BLOCK, padded keys (and kv_mask's) get another segment id than the queries."""
-    from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import SegmentIds
+    padded to a multiple of SPLASH_BLOCK, padded keys (and kv_mask's) get another segment id than the queries.
+    interpret: run Pallas' interpreter (any platform) instead of the Mosaic TPU kernel."""
+    SegmentIds = splash_kernel.SegmentIds
     b, lq, n, d = q.shape
     lk = k.shape[1]
     pq, pk = -lq % SPLASH_BLOCK, -lk % SPLASH_BLOCK
@@ -126,7 +149,7 @@ def _splash(q, k, v, kv_mask, scale):
     qs = jnp.pad((q.astype(jnp.float32) * scale).astype(q.dtype), ((0, 0), (0, pq), (0, 0), (0, 0)))
     kp = jnp.pad(k.astype(q.dtype), ((0, 0), (0, pk), (0, 0), (0, 0)))
     vp = jnp.pad(v.astype(q.dtype), ((0, 0), (0, pk), (0, 0), (0, 0)))
-    kernel = _splash_kernel(lq + pq, lk + pk, n, jax.default_backend() != "tpu")
+    kernel = _splash_kernel(lq + pq, lk + pk, n, interpret)
 
     def one(qb, kb, vb, ok):
         seg = SegmentIds(q=jnp.zeros((lq + pq,), jnp.int32), kv=jnp.where(ok, 0, 1).astype(jnp.int32))
@@ -134,6 +157,33 @@ def _splash(q, k, v, kv_mask, scale):
 
     out = jax.vmap(one)(qs, kp, vp, valid)  # [B, N, Lq + pq, d]
     return out.transpose(0, 2, 1, 3)[:, :lq].astype(q.dtype)
+
+
+def _cudnn(q, k, v, kv_mask, scale):
+    mask = None if kv_mask is None else kv_mask[:, None, None, :]
+    return jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, scale=scale,
+                                        implementation="cudnn").astype(q.dtype)
+
+
+def _on_mesh(kernel, q, k, v, kv_mask):
+    """`kernel(q, k, v, kv_mask)` per device inside `shard_map` over the context mesh: batch over `data`, queries
+    over `fsdp`, heads over `seq` and `tensor` (each where it divides), keys and values whole (the DiT's Ulysses
+    layout, ACTIVATION_RULES). Without a mesh (or on one device) the kernel runs as is."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return kernel(q, k, v, kv_mask)
+    sizes = dict(mesh.shape)
+    qs, _ = resolve_spec(("batch", "attn_tokens", "attn_heads", None), q.shape, ACTIVATION_RULES, sizes)
+    ks, _ = resolve_spec(("batch", None, "attn_heads", None), k.shape, ACTIVATION_RULES, sizes)
+    # one layout for the heads of q, k and v (a head split that divides q's heads divides k's: same count)
+    ks = PartitionSpec(qs[0], None, qs[2], None)
+    ms = PartitionSpec(qs[0], None)
+    if kv_mask is None:
+        fn = jax.shard_map(lambda a, b, c: kernel(a, b, c, None), mesh=mesh, in_specs=(qs, ks, ks),
+                           out_specs=qs, check_vma=False)
+        return fn(q, k, v)
+    fn = jax.shard_map(kernel, mesh=mesh, in_specs=(qs, ks, ks, ms), out_specs=qs, check_vma=False)
+    return fn(q, k, v, kv_mask)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, kv_mask: jax.Array | None = None,
@@ -156,8 +206,16 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, kv_mask: jax.Array | 
         raise ValueError(f"unknown attention implementation {impl!r}; choose one of {IMPLEMENTATIONS}")
     d = q.shape[-1]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
+    platform = _platform() if impl in ("splash", "dot_product", "cudnn") else None
+    if impl == "dot_product" and platform in ("gpu", "cuda"):
+        raise ConfigError('attention "dot_product" is refused for NVIDIA GPUs: XLA does not make it flash '
+                          'attention there but materialises the [B, N, Lq, Lk] logits (TI2V-5B at 720p: 200 GiB '
+                          'per call); use "cudnn" (flash attention) or "xla" (query-blocked)')
     if impl == "splash" and bias is None and key_bias is None:
-        return _splash(q, k, v, kv_mask, scale)
+        interpret = platform != "tpu"
+        return _on_mesh(lambda a, b, c, m: _splash(a, b, c, m, scale, interpret), q, k, v, kv_mask)
+    if impl == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
+        impl = "xla"  # cuDNN's flash attention takes bf16/fp16 only (the VAE attends in fp32)
     if key_bias is not None and q.dtype != jnp.float32:
         impl = "xla"  # the other kernels take the bias in q's dtype: a bf16 log-count is 2 % off
     if impl == "cpu":
@@ -174,6 +232,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, kv_mask: jax.Array | 
         bias = kb if bias is None else bias.astype(jnp.float32) + kb
     if impl in ("xla", "splash"):
         return _dense(q, k, v, kv_mask, bias, scale)
+    if impl == "cudnn" and bias is None:
+        return _on_mesh(lambda a, b, c, m: _cudnn(a, b, c, m, scale), q, k, v, kv_mask)
     mask = None if kv_mask is None else kv_mask[:, None, None, :]
     out = jax.nn.dot_product_attention(
         q, k.astype(q.dtype), v.astype(q.dtype), bias=None if bias is None else bias.astype(q.dtype),

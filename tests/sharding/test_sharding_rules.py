@@ -50,12 +50,14 @@ def test_make_mesh_checks_the_device_count():
 def test_resolve_spec_rules_and_fallbacks():
     rules = RULES["dit"]
     shape = {"data": 1, "fsdp": 4, "seq": 2, "tensor": 2}
-    assert resolve_spec(("layers", "embed", "heads"), (40, 5120, 5120), rules, shape)[0] == P(None, "fsdp", "tensor")
+    # DiT weights: ZeRO-3 over fsdp x seq
+    assert resolve_spec(("layers", "embed", "heads"), (40, 5120, 5120), rules, shape)[0] == P(
+        None, ("fsdp", "seq"), "tensor")
     spec, notes = resolve_spec(("embed", "mlp"), (6, 8), rules, shape, where="w")
-    assert spec == P(None, "tensor") and notes == ["w: embed (6) does not divide by fsdp=4: replicated over fsdp"]
+    assert spec == P("seq", "tensor") and notes == ["w: embed (6) does not divide by fsdp=4: replicated over fsdp"]
     # a mesh axis is used once per array
     spec, notes = resolve_spec(("embed", "embed"), (8, 8), rules, shape, where="w")
-    assert spec == P("fsdp", None) and "already used" in notes[0]
+    assert spec == P(("fsdp", "seq"), None) and "already used" in notes[0]
     with pytest.raises(ConfigError, match="no sharding rule for logical axis 'pixels'"):
         resolve_spec(("pixels",), (4,), rules, shape, where="w")
 

@@ -6,7 +6,7 @@ TensorCores for v5p and tpu7x). Several TPU slices: `slices=`.
 
 GPU targets are `stream_executor.GpuTargetConfigProto` text files shipped next to this module (`targets/*.txtpb`);
 TPU targets are topologies known to libtpu. Both need the `aot` extra (jax[tpu], jax-cuda12-plugin), which must
-live in an environment of its own (docs: ../shared/docs/aot.md); without it `make_devices` raises one AotError
+live in an environment of its own (docs/aot.md); without it `make_devices` raises one AotError
 naming the extra.
 
 The per-chip peak numbers (dense bf16 FLOP/s, memory bandwidth, interconnect bandwidth per direction) are the

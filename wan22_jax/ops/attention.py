@@ -20,7 +20,7 @@ XLA. Each device gets its batch rows (the `data` axis), its block of queries (`f
 `tensor`: where the DiT's Ulysses constraints put them), with the keys and values of those heads whole: the same
 layout as the activation rules' `attn_tokens` / `attn_heads`, so no extra resharding is added around the kernel.
 The platform (TPU kernel or interpreter, GPU or not) is the mesh's, never the host's: a CPU host compiling for a
-TPU target gets the real Mosaic kernel (docs/architecture.md §3, ../shared/docs/aot.md).
+TPU target gets the real Mosaic kernel (docs/architecture.md §3, docs/aot.md).
 """
 
 from __future__ import annotations

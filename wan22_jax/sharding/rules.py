@@ -51,11 +51,8 @@ RULES: dict[str, dict[str, tuple[str, ...]]] = {
 ACTIVATION_RULES: dict[str, tuple[str, ...]] = {
     "batch": ("data",),
     "tokens": ("fsdp", "seq"),  # the residual stream between attention calls
-    # Ulysses over the whole fsdp x seq group: inside self-attention every device holds all tokens of a slice of the
-    # heads, so the residual stream's token split turns into a head split with one all-to-all each way (no
-    # all-gather of keys and values over fsdp; heads that do not divide fall back to a smaller group)
-    "attn_tokens": (),
-    "attn_heads": ("fsdp", "seq", "tensor"),
+    "attn_tokens": ("fsdp",),  # self-attention queries: still split over fsdp, the seq part went to heads
+    "attn_heads": ("seq", "tensor"),  # Ulysses: heads split over seq (and tensor) while keys are whole
     "heads": ("tensor",),  # cross-attention: queries keep their token split, heads over tensor
     "mlp": ("tensor",),
     "embed": (),

@@ -109,6 +109,8 @@ def check_arguments(args: argparse.Namespace) -> dict:
         check_frames(args.frames)
     if args.fps is not None:
         check_fps(args.fps, "--fps")
+    if args.steps is not None and args.steps < 1:
+        raise InputError(f"--steps {args.steps}: must be a whole number >= 1")
     if Path(args.out).suffix.lower() not in (".mp4", ".mov", ".mkv", ".webm", ".gif"):
         raise InputError(f"--out {args.out}: unsupported video extension (use .mp4)")
     width, height = parse_size(args.size) if args.size else (None, None)

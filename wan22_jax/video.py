@@ -109,7 +109,8 @@ class PipelineOutput:
     trajectory: with return_trajectory, {"samples": [N + 1, B, ...], "velocities": [N, B, ...]} (guided).
     cond_latent: the VAE latent of the conditioning image, if any.
     skipped_steps: with a step cache, how many model evaluations skipped the blocks.
-    denoise_s: wall time of the denoising loop in seconds (compilation included on a first call).
+    denoise_s: wall time of the denoising loop in seconds (compilation is part of the memory check before it;
+      with check_memory=False a first call includes it).
     """
 
     videos: list[Video]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,7 +28,7 @@ from wan22_jax import conditioning as cond
 from wan22_jax.configs import TASK_FILE, TaskConfig, dtype_name, get_task, load_task_file, task_for_model_type
 from wan22_jax.convert.dit import load_dit
 from wan22_jax.convert.vae import load_vae
-from wan22_jax.errors import InputError, InputFileError
+from wan22_jax.errors import InputError, InputFileError, UnknownTokenWarning
 from wan22_jax.models.dit import DiTConfig
 from wan22_jax.models.vae import encode
 from wan22_jax.models.vae_tiling import Tiling
@@ -244,7 +245,11 @@ class Wan22Pipeline:
         else:
             x_T = jax.random.normal(request.key, (b, *shape), jnp.float32)
         context = self._context(request.prompts, request.prompt_embeds)
-        context_null = self._context(request.negative_prompts, request.negative_prompt_embeds)
+        with warnings.catch_warnings():
+            if request.negative_prompts and set(request.negative_prompts) == {self.task.negative_prompt}:
+                # the task's own default, not the user's words: a tokenizer gap there is not theirs to fix
+                warnings.simplefilter("ignore", UnknownTokenWarning)
+            context_null = self._context(request.negative_prompts, request.negative_prompt_embeds)
         y, first_latent, cond_latent = self.image_conditioning(request.image, request.num_frames, shape, b)
         return DenoiseInputs(x_T, context, context_null, y, first_latent), cond_latent
 

@@ -4,14 +4,30 @@ with `progress=False` (the CLI's --quiet)."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
 from typing import Any, Callable
 
+import jax
 from tqdm.auto import tqdm
 
 # progress: True (a tqdm bar), False / None (silent), or a callable (steps_done, steps_total) -> None
 Progress = bool | None | Callable[[int, int], Any]
+
+
+# persistent compilation cache events (recorded by JAX when the cache is on, e.g. by the CLI): a "compiling"
+# stage that only hit the cache says "cached"
+_CACHE_EVENTS: collections.Counter = collections.Counter()
+_HIT, _MISS = "/jax/compilation_cache/cache_hits", "/jax/compilation_cache/cache_misses"
+
+
+def _count_cache_events(event: str, **kwargs) -> None:
+    if event in (_HIT, _MISS):
+        _CACHE_EVENTS[event] += 1
+
+
+jax.monitoring.register_event_listener(_count_cache_events)
 
 
 @contextlib.contextmanager
@@ -40,9 +56,12 @@ def stage(desc: str, enabled: bool, total: int | None = None):
                bar_format="{desc}: {n_fmt}/{total_fmt}{postfix} [{elapsed}]" if total else
                "{desc}{postfix} [{elapsed}]")
     t0 = time.perf_counter()
+    before = dict(_CACHE_EVENTS)
     try:
         yield bar
-        bar.set_postfix_str(f"done in {time.perf_counter() - t0:.1f}s")
+        hits, misses = (_CACHE_EVENTS[k] - before.get(k, 0) for k in (_HIT, _MISS))
+        cached = " (cached)" if hits and not misses else ""
+        bar.set_postfix_str(f"done in {time.perf_counter() - t0:.1f}s{cached}")
         if total is None:
             bar.update(1)
     finally:

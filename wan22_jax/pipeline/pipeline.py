@@ -84,6 +84,8 @@ class Wan22Pipeline:
     vae_tiling: Tiling | None = dataclasses.field(default=None, kw_only=True)
     source: Path | None = dataclasses.field(default=None, kw_only=True)
     no_text_encoder_reason: str = dataclasses.field(default="", kw_only=True)
+    # compiled VAE decoders per latent shape (`_decoder`); not an init field: a derived pipeline starts empty
+    _decoders: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.task.two_experts != (len(self.experts) == 2):
@@ -348,8 +350,30 @@ class Wan22Pipeline:
         with stage("compiling", request.progress is True), mesh_context(self.mesh):
             need = program_memory(self.experts[names[0]][0], plan, states, self._abstract_inputs(request),
                                   request.tables, self._sampler_key(request, plan), per_step=per_step)
-        refuse_if_too_big(need + video, devices, what, **limits)
+            if decode:  # the loop's buffers are gone by then: the larger of the two programs counts
+                need = max(need, self._decoder((request.batch, *request.latent_shape))[1])
+        refuse_if_too_big(need, devices, what, **limits)
         return need
+
+    def _decoder(self, shape: tuple[int, ...]):
+        """(decode(latents) for latents of `shape`, the bytes its program needs beyond the VAE weights).
+
+        Unsharded, the program is compiled here once per shape and kept, so the memory check and the run share
+        one compilation; on a mesh the decode is `vae_decode`'s and its need is the video's size.
+        """
+        if self.mesh is not None:
+            b, _, f, h, w = shape
+            s = self.vae_config.spatial_stride
+            return self.vae_decode, lower_bound(b, (0,), 1 + 4 * (f - 1), h * s, w * s, True)
+        if shape not in self._decoders:
+            graphdef, state = self.vae
+            tiling = self.vae_tiling
+            program = jax.jit(lambda st, lat: vae_decode(graphdef, st, lat, None, tiling=tiling)).lower(
+                state, jax.ShapeDtypeStruct(shape, jnp.float32)).compile()
+            m = program.memory_analysis()
+            need = 0 if m is None else m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+            self._decoders[shape] = (lambda latents: program(state, jnp.asarray(latents, jnp.float32)), int(need))
+        return self._decoders[shape]
 
     @staticmethod
     def _sampler_key(request: Request, plan: DenoisePlan):
@@ -396,7 +420,7 @@ class Wan22Pipeline:
         if request.output_type == "latent":
             return PipelineOutput(videos=[], **extra)
         with stage("decoding (VAE)", request.progress is True):
-            video = np.asarray(self.vae_decode(final))
+            video = np.asarray(self._decoder(final.shape)[0](final) if check_memory else self.vae_decode(final))
         frames = np.stack([to_uint8(v) for v in video])
         return PipelineOutput(videos=[Video(f, fps=self.task.fps) for f in frames],
                               frames=as_output(frames, request.output_type), video=video, **extra)

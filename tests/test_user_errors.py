@@ -6,6 +6,7 @@ exception of its kind whose message names the argument, its value and what is al
 """
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -290,7 +291,7 @@ def test_cli_mistake_is_one_line(tmp_path, capsys, argv, match):
     assert "Traceback" not in err
     lines = err.strip().splitlines()
     assert lines[-1].startswith("error: ") and all(line.startswith("warning: ") for line in lines[:-1]), err
-    assert __import__("re").search(match, err), err
+    assert re.search(match, err), err
     assert not out.exists()
 
 

@@ -68,3 +68,14 @@ def test_convert_refuses_existing_destination_and_empty_source(tmp_path):
     assert r.returncode == 2 and "exists" in r.stderr
     r = wan22("convert", tmp_path / "dst", tmp_path / "new")
     assert r.returncode == 1 and "no convertible component" in r.stderr and not (tmp_path / "new").exists()
+
+
+def test_generate_from_prompt_embeds_quietly(tmp_path):
+    np.save(tmp_path / "e.npy", np.random.default_rng(0).standard_normal((6, 32)).astype(np.float32))
+    r = wan22("generate", "--preset", "tiny-random", "--prompt-embeds", tmp_path / "e.npy", "--frames", "5",
+              "--steps", "2", "--quiet", "--out", tmp_path / "v.mp4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.strip() == "" and "wrote" in r.stdout  # --quiet: no bars, no status lines
+    r = wan22("generate", "--preset", "tiny-random", "--prompt-embeds", tmp_path / "e.npy", "--frames", "5",
+              "--steps", "2", "--out", tmp_path / "w.mp4")
+    assert r.returncode == 0 and "compiling" in r.stderr and "denoising" in r.stderr and "decoding (VAE)" in r.stderr

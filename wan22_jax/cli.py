@@ -6,8 +6,10 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from wan22_jax.compile_cache import enable_compilation_cache
+from wan22_jax.errors import Wan22Error, Wan22Warning
 from wan22_jax.sharding.distributed import initialize_distributed
 
 # subcommand -> (module with add_arguments/main, help). Modules are imported only when their command runs,
@@ -50,7 +52,29 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_missing", None):
         print(f"error: {args._missing}", file=sys.stderr)
         return 2
-    return int(args._main(args) or 0)
+    _show_warnings_briefly()
+    # the package's own errors are user mistakes with a message that says what to do: one line, no traceback
+    try:
+        return int(args._main(args) or 0)
+    except Wan22Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _show_warnings_briefly() -> None:
+    """Our warnings print as one `warning: ...` line (Python's default adds the file, line and source)."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, Wan22Warning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 if __name__ == "__main__":

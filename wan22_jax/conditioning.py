@@ -16,12 +16,19 @@ from wan22_jax.errors import InputError
 
 
 def check_frames(num_frames: int, stride_t: int = 4) -> None:
-    if not isinstance(num_frames, (int, np.integer)) or num_frames < 1 or (num_frames - 1) % stride_t:
+    """Raises InputError unless num_frames is an integer 1 + stride_t * k (k >= 0)."""
+    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)):
+        raise InputError(f"num_frames={num_frames!r}: must be an integer 1 + {stride_t}k (e.g. 81 or 121)")
+    if num_frames < 1 or (num_frames - 1) % stride_t:
         raise InputError(f"num_frames={num_frames}: must be 1 + {stride_t}k (e.g. 81 or 121); the causal VAE "
                          f"encodes frame 0 alone and then groups of {stride_t}")
 
 
 def check_size(width: int, height: int, multiple: int) -> None:
+    """Raises InputError unless width and height are positive integer multiples of `multiple`."""
+    for name, v in (("width", width), ("height", height)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise InputError(f"{name}={v!r}: must be an integer number of pixels")
     if width < multiple or height < multiple or width % multiple or height % multiple:
         raise InputError(f"size {width}x{height} (WxH): width and height must be positive multiples of "
                          f"{multiple} (VAE stride x DiT patch)")

@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from wan22_jax.config_utils import config_from_dict
-from wan22_jax.errors import InputError
+from wan22_jax.errors import CheckpointFormatError, InputError
 
 # The official default negative prompt (wan/configs/shared_config.py); parity needs the exact string.
 DEFAULT_NEGATIVE_PROMPT = (
@@ -21,6 +24,33 @@ DEFAULT_NEGATIVE_PROMPT = (
 )
 
 MODES = ("t2v", "i2v", "ti2v")
+
+# The one set of dtype spellings, shared by the CLI (--dtype), `from_pretrained(dtype=...)`, task files and the
+# training config: short and long names, case-insensitive, or the dtype objects themselves.
+DTYPE_NAMES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "float32": "float32"}
+
+
+def dtype_name(value: Any, what: str = "dtype") -> str:
+    """The canonical name ("bfloat16" or "float32") of a dtype given as a name or a dtype object.
+
+    Args:
+      value: "bf16", "bfloat16", "fp32", "float32" (any case), jnp.bfloat16, jnp.float32, np.float32...
+      what: the argument's name, for the error message.
+    Returns:
+      "bfloat16" or "float32"; raises InputError naming `what`, the value and the accepted spellings otherwise.
+    """
+    if isinstance(value, str):
+        key = value.strip().lower()
+    else:
+        try:
+            key = np.dtype(value).name
+        except TypeError:
+            key = None
+    if key not in DTYPE_NAMES:
+        hint = (" (float16 is not supported: Wan2.2 runs in bf16 or fp32, as the official code)"
+                if key in ("float16", "fp16", "half") else "")
+        raise InputError(f"{what}={value!r} is not a supported dtype: use one of {sorted(DTYPE_NAMES)}{hint}")
+    return DTYPE_NAMES[key]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -58,8 +88,7 @@ class TaskConfig:
     dtype: str = "bfloat16"  # the DiT dtype `from_pretrained` uses unless told (releases: bf16, as official)
 
     def __post_init__(self):
-        if self.dtype not in ("bfloat16", "float32"):
-            raise InputError(f"task {self.name}: dtype {self.dtype!r} is not 'bfloat16' or 'float32'")
+        object.__setattr__(self, "dtype", dtype_name(self.dtype, f"task {self.name}: dtype"))
         if self.mode not in MODES:
             raise InputError(f"task mode {self.mode!r} is not one of {MODES}")
         if self.two_experts and self.boundary is None:
@@ -107,10 +136,18 @@ TASK_FILE = "task.json"  # a checkpoint folder's own task (the mini-world model 
 
 def load_task_file(path) -> TaskConfig:
     """The TaskConfig stored in `path` (a task.json), strictly parsed."""
+    return config_from_dict(TaskConfig, read_json(path, "task file"), source=str(path))
+
+
+def read_json(path, what: str = "config file") -> dict:
+    """A JSON object read from `path`; a missing, unreadable, truncated or non-object file raises
+    CheckpointFormatError naming the file (json's own error names only a line and column)."""
     try:
         raw = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: cannot read the task file: {e}") from e
+    except OSError as e:
+        raise CheckpointFormatError(f"{path}: cannot read the {what} ({e.strerror or e})") from e
+    except ValueError as e:
+        raise CheckpointFormatError(f"{path}: the {what} is not valid JSON (truncated or corrupt? {e})") from e
     if not isinstance(raw, dict):
-        raise InputError(f"{path}: a task file is a JSON object of TaskConfig fields")
-    return config_from_dict(TaskConfig, raw, source=str(path))
+        raise CheckpointFormatError(f"{path}: the {what} must be a JSON object, found {type(raw).__name__}")
+    return raw

@@ -1,4 +1,8 @@
-"""`wan22 generate`: one video from a prompt (and an image), written as mp4."""
+"""`wan22 generate`: one video from a prompt (and an image), written as mp4.
+
+Every option is checked before the model loads where it can be (frames, size, fps, files), and the call's own
+checks run before any compute; a mistake prints one `error: ...` line and exits with 2.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +11,32 @@ import sys
 import time
 from pathlib import Path
 
-import jax.numpy as jnp
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
 
 from wan22_jax.bench.timing import peak_bytes
 from wan22_jax.conditioning import check_frames
-from wan22_jax.configs import TASKS
-from wan22_jax.errors import Wan22Error
+from wan22_jax.configs import DTYPE_NAMES, TASKS
+from wan22_jax.errors import InputError, InputFileError
 from wan22_jax.ops.options import add_kernel_arguments, kernels_from_args
 from wan22_jax.pipeline import Wan22Pipeline
 from wan22_jax.presets import PRESETS, random_pipeline
+from wan22_jax.video import check_fps
+
+EMBED_SUFFIXES = (".safetensors", ".npy")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=sorted(TASKS), help="default: inferred from the checkpoint (tiny-random: "
                    "ti2v-5B)")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", help="the text (or give --prompt-embeds)")
+    p.add_argument("--prompt-embeds", metavar="FILE", help="text-encoder output [L, text_dim] (or [1, L, text_dim])"
+                   " as .safetensors (one tensor) or .npy, instead of --prompt")
     p.add_argument("--negative-prompt", help="default: the task's (official tasks: the official negative prompt; "
                    "the mini-world model: the empty prompt)")
+    p.add_argument("--negative-prompt-embeds", metavar="FILE", help="as --prompt-embeds, for the negative prompt")
     p.add_argument("--image", help="first frame (i2v-A14B, ti2v-5B)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="official release folder or our converted folder (default: the "
@@ -37,54 +50,101 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guide-scale", type=float, nargs="+", help="one value, or low-noise high-noise for A14B")
     p.add_argument("--eta", type=float, default=0.0, help="noise re-injection of --solver ddim")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=("bf16", "fp32"), help="DiT dtype (default: the checkpoint task's: bf16 for "
-                   "releases, fp32 for the embedded mini-world model)")
+    p.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="DiT dtype (default: the checkpoint task's: bf16 "
+                   "for releases, fp32 for the embedded mini-world model)")
     p.add_argument("--vae-tiling", action="store_true", help="decode in overlapping spatial tiles")
     p.add_argument("--mesh", metavar="SPEC", help="shard over a device mesh, e.g. fsdp=4,seq=2 (axes data, fsdp, "
                    "seq, tensor; the product must equal the device count)")
     add_kernel_arguments(p)
     p.add_argument("--out", default="out.mp4")
     p.add_argument("--fps", type=int, help="default: the task's (16 or 24)")
+    p.add_argument("--no-memory-check", action="store_true", help="skip comparing the compiled run's memory "
+                   "with the free memory before running")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """"WxH" (also "W*H") -> (width, height); InputError otherwise."""
+    try:
+        width, height = (int(v) for v in text.lower().replace("*", "x").split("x"))
+    except ValueError:
+        raise InputError(f"--size {text!r}: expected WxH, e.g. 1280x704") from None
+    return width, height
+
+
+def read_embeds(path: str, flag: str) -> np.ndarray:
+    """A [L, text_dim] (or [1, L, text_dim]) array from a .safetensors file holding one tensor, or a .npy."""
+    p = Path(path)
+    if p.suffix not in EMBED_SUFFIXES:
+        raise InputError(f"{flag} {path}: expected a {' or '.join(EMBED_SUFFIXES)} file")
+    if not p.is_file():
+        raise InputFileError(f"{flag} {path}: no such file")
+    try:
+        if p.suffix == ".npy":
+            return np.load(p, allow_pickle=False)
+        tensors = load_file(p)
+    except (OSError, ValueError, SafetensorError) as e:
+        raise InputFileError(f"{flag} {path}: cannot read it ({e})") from e
+    if len(tensors) != 1:
+        raise InputError(f"{flag} {path}: holds {len(tensors)} tensors ({sorted(tensors)}); expected one")
+    return next(iter(tensors.values()))
+
+
+def read_image(path: str) -> Image.Image:
+    """The --image file, opened and decoded (a missing or unreadable file is named)."""
+    if not Path(path).is_file():
+        raise InputFileError(f"--image {path}: no such file")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError) as e:
+        raise InputFileError(f"--image {path}: not a readable image ({e})") from e
+
+
+def check_arguments(args: argparse.Namespace) -> dict:
+    """The cheap checks, before any model loads: the call's keyword arguments read from the options."""
+    if args.prompt is None and args.prompt_embeds is None:
+        raise InputError("give --prompt TEXT or --prompt-embeds FILE")
+    if args.frames is not None:
+        check_frames(args.frames)
+    if args.fps is not None:
+        check_fps(args.fps, "--fps")
+    if args.steps is not None and args.steps < 1:
+        raise InputError(f"--steps {args.steps}: must be a whole number >= 1")
+    if Path(args.out).suffix.lower() not in (".mp4", ".mov", ".mkv", ".webm", ".gif"):
+        raise InputError(f"--out {args.out}: unsupported video extension (use .mp4)")
+    width, height = parse_size(args.size) if args.size else (None, None)
+    scale = None
+    if args.guide_scale:
+        scale = args.guide_scale[0] if len(args.guide_scale) == 1 else tuple(args.guide_scale)
+    return dict(prompt=args.prompt, negative_prompt=args.negative_prompt,
+                prompt_embeds=None if args.prompt_embeds is None else read_embeds(args.prompt_embeds,
+                                                                                  "--prompt-embeds"),
+                negative_prompt_embeds=(None if args.negative_prompt_embeds is None
+                                        else read_embeds(args.negative_prompt_embeds, "--negative-prompt-embeds")),
+                image=None if args.image is None else read_image(args.image), num_frames=args.frames,
+                height=height, width=width, num_inference_steps=args.steps, guidance_scale=scale,
+                solver=args.solver, shift=args.shift, eta=args.eta, seed=args.seed, progress=not args.quiet,
+                check_memory=not args.no_memory_check)
 
 
 def main(args: argparse.Namespace) -> int:
+    """Runs `wan22 generate`; the package's errors propagate to `wan22_jax.cli.main`, which prints them."""
     t0 = time.perf_counter()
-    try:
-        if args.frames is not None:  # cheap checks first: a bad argument should not wait for a model load
-            check_frames(args.frames)
-        kernels = kernels_from_args(args)
-        if args.preset:
-            pipe = random_pipeline(args.task or "ti2v-5B", seed=0).with_kernels(kernels)
-            if args.mesh:
-                pipe = pipe.sharded(args.mesh)
-        else:
-            dtype = None if args.dtype is None else (jnp.bfloat16 if args.dtype == "bf16" else jnp.float32)
-            pipe = Wan22Pipeline.from_pretrained(args.checkpoint, task=args.task, mesh=args.mesh, dtype=dtype,
-                                                 kernels=kernels)
-        if args.vae_tiling:
-            pipe = pipe.with_vae_tiling()
-        width = height = None
-        if args.size:
-            try:
-                width, height = (int(v) for v in args.size.lower().replace("*", "x").split("x"))
-            except ValueError:
-                print(f"error: --size {args.size!r}: expected WxH, e.g. 1280x704", file=sys.stderr)
-                return 2
-        image = None
-        if args.image:
-            from PIL import Image
-            image = Image.open(args.image)
-        scale = None
-        if args.guide_scale:
-            scale = args.guide_scale[0] if len(args.guide_scale) == 1 else tuple(args.guide_scale)
-        load_s = time.perf_counter() - t0
-        out = pipe(prompt=args.prompt, negative_prompt=args.negative_prompt, image=image, num_frames=args.frames,
-                   height=height, width=width, num_inference_steps=args.steps, guidance_scale=scale,
-                   solver=args.solver, shift=args.shift, eta=args.eta, seed=args.seed)
-        path = out.videos[0].save(args.out, fps=args.fps)
-    except Wan22Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    call = check_arguments(args)
+    kernels = kernels_from_args(args)
+    if args.preset:
+        pipe = random_pipeline(args.task or "ti2v-5B", seed=0).with_kernels(kernels)
+        if args.mesh:
+            pipe = pipe.sharded(args.mesh)
+    else:
+        pipe = Wan22Pipeline.from_pretrained(args.checkpoint, task=args.task, mesh=args.mesh, dtype=args.dtype,
+                                             kernels=kernels, progress=not args.quiet)
+    if args.vae_tiling:
+        pipe = pipe.with_vae_tiling()
+    load_s = time.perf_counter() - t0
+    out = pipe(**call)
+    path = out.videos[0].save(args.out, fps=args.fps)
     frames = out.videos[0].frames
     total = time.perf_counter() - t0
     print(f"wrote {Path(path).resolve()}: {frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]}, "

@@ -72,8 +72,12 @@ class TextEncoder:
 
     def with_kernels(self, kernels: Kernels) -> "TextEncoder":
         """A new encoder (empty cache, same tokenizer and weights) whose ops run with `kernels`."""
-        model = with_kernels(nnx.merge(self._graphdef, self._state), kernels)
+        model = with_kernels(self.model(), kernels)
         return type(self)(model, self.tokenizer, cache_size=self.cache_size)
+
+    def model(self) -> T5Encoder:
+        """The encoder module (sharing this encoder's weights)."""
+        return nnx.merge(self._graphdef, self._state)
 
     def _lookup(self, prompts: list[str]) -> list[tuple[jax.Array, int]]:
         missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))

@@ -9,6 +9,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import mediapy
 import numpy as np
+from PIL import Image
 
 from wan22_jax.errors import InputError
 from wan22_jax.io.atomic import atomic_path
@@ -24,6 +25,26 @@ def to_uint8(video: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(frames, 0, -1))
 
 
+def check_fps(fps, what: str = "fps") -> int:
+    """The frame rate as an int; InputError unless it is a whole number in [1, 240]."""
+    if isinstance(fps, (float, np.floating)) and float(fps).is_integer():
+        fps = int(fps)
+    if isinstance(fps, bool) or not isinstance(fps, (int, np.integer)) or not 1 <= fps <= 240:
+        raise InputError(f"{what}={fps!r}: must be a whole number of frames per second in [1, 240] (the tasks "
+                         "use 16 or 24)")
+    return int(fps)
+
+
+def as_output(frames: np.ndarray, output_type: str):
+    """Decoded uint8 frames [B, F, H, W, 3] in the call's output_type: "video" and "np" give an array ("np":
+    float32 in [0, 1], as diffusers), "pil" a list (per video) of lists of PIL images."""
+    if output_type == "np":
+        return frames.astype(np.float32) / 255.0
+    if output_type == "pil":
+        return [[Image.fromarray(f) for f in video] for video in frames]
+    return frames
+
+
 @dataclasses.dataclass(frozen=True)
 class Video:
     """frames: [F, H, W, 3] uint8; fps: the task's default frame rate."""
@@ -32,17 +53,28 @@ class Video:
     fps: int = 16
 
     def save(self, path: str | os.PathLike, fps: int | None = None, *, quality: int = 8) -> Path:
-        """Writes an H.264 mp4 (libx264, imageio quality 8 like the official writer); atomic."""
+        """Writes an H.264 mp4 (libx264, imageio quality 8 like the official writer).
+
+        Atomic: the file appears under its name only once complete, so an interrupted write (Ctrl-C, a full
+        disk) leaves no partial file.
+
+        Args:
+          path: .mp4 (also .mov, .mkv, .webm, .gif). fps: frames per second (default: the task's).
+          quality: 0 (worst) to 10 (best).
+        Returns:
+          The path written.
+        """
         path = Path(path)
+        fps = self.fps if fps is None else check_fps(fps)
         if path.suffix.lower() not in (".mp4", ".mov", ".mkv", ".webm", ".gif"):
             raise InputError(f"{path}: unsupported video extension {path.suffix!r} (use .mp4)")
         with atomic_path(path) as tmp:
             if path.suffix.lower() == ".gif":
-                mediapy.write_video(tmp, self.frames, fps=fps or self.fps, codec="gif")
+                mediapy.write_video(tmp, self.frames, fps=fps, codec="gif")
             else:
                 # crf ~ imageio's quality 8 of 10; yuv420p keeps the file playable everywhere
                 crf = int(round(51 - quality * 51 / 10))
-                mediapy.write_video(tmp, self.frames, fps=fps or self.fps, crf=crf)
+                mediapy.write_video(tmp, self.frames, fps=fps, crf=crf)
         return path
 
     def _repr_html_(self):  # inline display in notebooks
@@ -70,15 +102,19 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
 class PipelineOutput:
     """What a pipeline call returns.
 
-    videos: one `Video` (uint8 frames) per prompt. video: [B, 3, F, H, W] float in [-1, 1] before quantisation.
+    videos: one `Video` (uint8 frames) per generated video. frames: the same frames in the call's output_type
+      ("video": uint8 [B, F, H, W, 3]; "np": float32 in [0, 1]; "pil": lists of PIL images; "latent": None).
+    video: [B, 3, F, H, W] float in [-1, 1] before quantisation.
     latents: [B, z, F', h, w] final latents. timesteps: [N] model timesteps of the schedule.
     trajectory: with return_trajectory, {"samples": [N + 1, B, ...], "velocities": [N, B, ...]} (guided).
     cond_latent: the VAE latent of the conditioning image, if any.
     skipped_steps: with a step cache, how many model evaluations skipped the blocks.
-    denoise_s: wall time of the denoising loop in seconds (compilation included on a first call).
+    denoise_s: wall time of the denoising loop in seconds (compilation is part of the memory check before it;
+      with check_memory=False a first call includes it).
     """
 
     videos: list[Video]
+    frames: object = None
     video: np.ndarray | None = None
     latents: np.ndarray | None = None
     timesteps: np.ndarray | None = None

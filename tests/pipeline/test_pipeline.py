@@ -9,7 +9,7 @@ import pytest
 from wan22_jax.conditioning import normalize_image
 from wan22_jax.errors import InputError
 from wan22_jax.models.vae_tiling import Tiling
-from wan22_jax.pipeline import validate_request
+from wan22_jax.pipeline import Wan22Pipeline, validate_request
 from wan22_jax.presets import random_pipeline
 from wan22_jax.video import Video, read_video
 
@@ -155,3 +155,42 @@ def test_no_text_encoder_needs_both_embeddings(ti2v):
         bare(prompt_embeds=e, **FAST)
     out = bare(prompt_embeds=e, negative_prompt_embeds=e, output_type="latent", **FAST)
     assert out.latents.shape == (1, 48, 2, 4, 4) and out.denoise_s > 0
+
+
+# ---- the diffusers-shaped API
+def test_key_equals_seed_and_videos_per_prompt_repeat_prompts(ti2v):
+    a = ti2v(prompt="a red circle", seed=3, output_type="latent", **FAST)
+    b = ti2v(prompt="a red circle", key=jax.random.key(3), output_type="latent", **FAST)
+    np.testing.assert_array_equal(a.latents, b.latents)
+    two = ti2v(prompt=["a red circle", "a cat"], num_videos_per_prompt=2, seed=3, output_type="latent", **FAST)
+    assert two.latents.shape[0] == 4
+    assert not np.array_equal(two.latents[0], two.latents[1])  # each video its own noise
+
+
+def test_callback_on_step_end_sees_every_step_from_the_host(ti2v):
+    seen = []
+    out = ti2v(prompt="a red circle", seed=1, output_type="latent",
+               callback_on_step_end=lambda step, t, x: seen.append((step, t, np.asarray(x))), **FAST)
+    assert [s for s, _, _ in seen] == [0, 1, 2]
+    assert [t for _, t, _ in seen] == [float(v) for v in out.timesteps]
+    np.testing.assert_array_equal(seen[-1][2], out.latents)
+    plain = ti2v(prompt="a red circle", seed=1, output_type="latent", **FAST)
+    np.testing.assert_array_equal(plain.latents, out.latents)  # observing changes nothing
+
+
+def test_output_types(ti2v):
+    video = ti2v(prompt="a red circle", seed=2, **FAST)
+    arr = ti2v(prompt="a red circle", seed=2, output_type="np", **FAST)
+    pil = ti2v(prompt="a red circle", seed=2, output_type="pil", **FAST)
+    assert video.frames.dtype == np.uint8 and video.frames.shape == (1, 5, 64, 64, 3)
+    np.testing.assert_array_equal(arr.frames, video.frames.astype(np.float32) / 255)
+    np.testing.assert_array_equal(np.asarray(pil.frames[0][4]), video.frames[0, 4])
+
+
+def test_save_pretrained_round_trip(ti2v, tmp_path):
+    path = ti2v.save_pretrained(tmp_path / "saved")
+    back = Wan22Pipeline.from_pretrained(path, dtype="fp32", progress=False)
+    assert back.task.size == ti2v.task.size and back.task.sample_steps == ti2v.task.sample_steps
+    a = ti2v(prompt="a red circle", seed=5, output_type="latent", **FAST)
+    b = back(prompt="a red circle", seed=5, output_type="latent", **FAST)
+    np.testing.assert_array_equal(a.latents, b.latents)

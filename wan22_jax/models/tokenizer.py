@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from wan22_jax.errors import CheckpointFormatError, InputError
+from wan22_jax.errors import CheckpointFormatError, InputError, UnknownTokenWarning, Wan22Warning
 
 # where releases keep the tokenizer, relative to the checkpoint folder (official, then Diffusers)
 TOKENIZER_SUBFOLDERS = ("google/umt5-xxl", "tokenizer")
@@ -25,7 +25,7 @@ TOKENIZER_SUBFOLDERS = ("google/umt5-xxl", "tokenizer")
 _WHITESPACE = re.compile(r"\s+")
 
 
-class PromptTruncatedWarning(UserWarning):
+class PromptTruncatedWarning(Wan22Warning):
     """A prompt had more tokens than text_len and was cut."""
 
 
@@ -46,8 +46,8 @@ def find_tokenizer(folder: str | os.PathLike) -> Path:
         if (cand / "tokenizer_config.json").is_file() or (cand / "tokenizer.json").is_file():
             return cand
     raise CheckpointFormatError(
-        f"{folder}: no tokenizer found (looked for tokenizer.json / tokenizer_config.json in the folder and in "
-        f"{', '.join(s + '/' for s in TOKENIZER_SUBFOLDERS)})")
+        f"{folder}: no tokenizer found (looked for tokenizer.json / tokenizer_config.json in {folder} and in "
+        f"{', '.join(str(folder / s) + '/' for s in TOKENIZER_SUBFOLDERS)})")
 
 
 class Tokenizer:
@@ -106,8 +106,33 @@ class Tokenizer:
                 warnings.warn(f"prompt {i} has {len(row)} tokens (with </s>), more than text_len="
                               f"{self.text_len}: truncated to {self.text_len}", PromptTruncatedWarning,
                               stacklevel=2)
+        self._warn_unknown(texts)
         out = self._tok(texts, add_special_tokens=True, truncation=True, padding="max_length",
                         max_length=self.text_len, return_attention_mask=True)
         ids = np.asarray(out["input_ids"], dtype=np.int32).reshape(len(texts), self.text_len)
         mask = np.asarray(out["attention_mask"], dtype=np.int32).reshape(len(texts), self.text_len)
         return ids, mask
+
+    def unknown_words(self, text: str) -> list[str]:
+        """The pieces of an already cleaned `text` that the tokenizer maps to its unknown token (the model sees
+        them all as the same <unk>), in order; [] for a tokenizer without an unknown token."""
+        unk = self._tok.unk_token_id
+        if unk is None:
+            return []
+        if not self._tok.is_fast:  # no offsets: the count alone
+            return ["<unk>"] * self._tok(text, add_special_tokens=False)["input_ids"].count(unk)
+        enc = self._tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [text[a:b].strip() or "<unk>" for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"])
+                if i == unk]
+
+    def _warn_unknown(self, texts: list[str]) -> None:
+        for i, text in enumerate(texts):
+            words = self.unknown_words(text)
+            if not words:
+                continue
+            hint = ""
+            if text != text.lower() and len(self.unknown_words(text.lower())) < len(words):
+                hint = f"; this tokenizer is lower-case: try {text.lower()!r}"
+            warnings.warn(f"prompt {i} ({text!r}) has {len(words)} word(s) the tokenizer does not know, which the "
+                          f"model cannot see: {', '.join(map(repr, words))}{hint}", UnknownTokenWarning,
+                          stacklevel=3)

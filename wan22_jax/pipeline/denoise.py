@@ -15,6 +15,7 @@ another target (e.g. a GPU program built on a CPU host).
 
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Any, Callable, NamedTuple
 
@@ -142,14 +143,45 @@ def run_steps(graphdef, plan: DenoisePlan, states, kvs, inputs: DenoiseInputs, c
                       post_step=_reinject(plan, inputs), check_finite=plan.check_finite)
 
 
+def program_memory(graphdef, plan: DenoisePlan, states, inputs: DenoiseInputs, tables: dict, key=None, *,
+                   per_step: bool) -> int:
+    """Compiles the loop's two programs for these inputs (abstract shapes suffice) and returns the bytes the larger
+    one needs beyond its weights: temporaries, outputs and the non-weight arguments (`memory_analysis`).
+
+    The compiled programs stay in jit's cache, so the run that follows does not compile again.
+
+    Args:
+      graphdef, plan, states, tables, key: as `denoise`; inputs: DenoiseInputs of arrays or jax.ShapeDtypeStruct.
+      per_step: compile the one-step program (progress or a step callback) instead of the whole loop.
+    Returns:
+      bytes, or 0 where the backend reports no memory analysis.
+    """
+    weights = sum(a.nbytes for a in jax.tree.leaves(states))
+    start = start_loop.lower(graphdef, plan, states, inputs).compile()
+    x0, carry, kvs = jax.eval_shape(start_loop, graphdef, plan, states, inputs)
+    total = next(iter(tables.values())).shape[0]
+    rows = step_rows(tables, compute_dtype(x0), 0, 1 if per_step else total)
+    steps = run_steps.lower(graphdef, plan, states, kvs, inputs, carry, rows, key).compile()
+    need = 0
+    for compiled in (start, steps):
+        m = compiled.memory_analysis()
+        if m is None:
+            return 0
+        need = max(need, m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+                   + max(m.argument_size_in_bytes - weights, 0))
+    return int(need)
+
+
 def denoise(graphdef, plan: DenoisePlan, states, inputs: DenoiseInputs, tables: dict, key=None,
-            progress: Callable[[int, int], Any] | None = None) -> tuple[jax.Array, dict]:
+            progress: Callable[[int, int], Any] | None = None,
+            on_step: Callable[[int, jax.Array], Any] | None = None) -> tuple[jax.Array, dict]:
     """Runs the whole loop.
 
     Args:
       graphdef, plan, states, inputs: as `start_loop`. tables: `plan.sampler.tables(schedule)` (host arrays).
       key: PRNG key for a stochastic sampler. progress: None, or called as progress(done, total) on the host
-        after each step has finished (in order).
+        after each step has finished (in order). on_step: None, or called as on_step(step, latents) on the host
+        after each step (step from 0; latents [B, z, F', h, w], the sample after that step).
     Returns:
       (final latents [B, z, F', h, w], aux): aux has "first_nonfinite_step" (with check_finite), "samples"
       [N + 1, B, ...] and "velocities" [N, B, ...] (with return_trajectory), "model_state" (the step caches).
@@ -157,16 +189,30 @@ def denoise(graphdef, plan: DenoisePlan, states, inputs: DenoiseInputs, tables: 
     x0, carry, kvs = start_loop(graphdef, plan, states, inputs)
     total = next(iter(tables.values())).shape[0]
     dtype = compute_dtype(x0)
-    bounds = [(0, total)] if progress is None else [(i, i + 1) for i in range(total)]
-    parts, done = [], []
-    for start, stop in bounds:
+    per_step = progress is not None or on_step is not None
+    bounds = [(i, i + 1) for i in range(total)] if per_step else [(0, total)]
+    # Steps are dispatched ahead of the reports so that the device never waits for the host. Progress alone
+    # waits on a scalar per step (all steps in flight); a step callback needs each step's latents, so at most
+    # one step runs ahead of the report (two samples alive, not one per step).
+    ahead = 1 if on_step is not None else total
+    parts, pending = [], collections.deque()
+
+    def report(i, marker):
+        marker.block_until_ready()
+        if progress is not None:
+            progress(i + 1, total)
+        if on_step is not None:
+            on_step(i, marker)
+
+    for i, (start, stop) in enumerate(bounds):
         carry, ys = run_steps(graphdef, plan, states, kvs, inputs, carry, step_rows(tables, dtype, start, stop), key)
         parts.append(ys)
-        done.append(carry.first_bad)  # a scalar per step: waiting on it does not keep the step's latents alive
-    if progress is not None:
-        for i, marker in enumerate(done):
-            marker.block_until_ready()
-            progress(i + 1, total)
+        if per_step:
+            pending.append((i, carry.state.x if on_step is not None else carry.first_bad))
+            while len(pending) > ahead:
+                report(*pending.popleft())
+    while pending:
+        report(*pending.popleft())
     ys = None
     if plan.return_trajectory:
         ys = parts[0] if len(parts) == 1 else tuple(jnp.concatenate(a) for a in zip(*parts))

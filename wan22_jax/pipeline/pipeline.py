@@ -12,10 +12,10 @@ compiled loop, progress reported from outside it) -> `decode` (the VAE). The pip
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,26 +23,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from wan22_jax import conditioning as cond
-from wan22_jax.configs import TASK_FILE, TaskConfig, get_task, load_task_file, task_for_model_type
+from wan22_jax.configs import TASK_FILE, TaskConfig, dtype_name, get_task, load_task_file, task_for_model_type
 from wan22_jax.convert.dit import load_dit
 from wan22_jax.convert.vae import load_vae
-from wan22_jax.errors import InputError
+from wan22_jax.errors import InputError, InputFileError, UnknownTokenWarning
 from wan22_jax.models.dit import DiTConfig
 from wan22_jax.models.vae import encode
 from wan22_jax.models.vae_tiling import Tiling
 from wan22_jax.ops import XLA, Kernels, with_kernels
-from wan22_jax.pipeline.denoise import DenoiseInputs, denoise
-from wan22_jax.pipeline.plan import make_plan
-from wan22_jax.pipeline.request import Progress, Request, validate_request
+from wan22_jax.pipeline.denoise import DenoiseInputs, denoise, program_memory
+from wan22_jax.pipeline.files import (EXPERTS, check_json_files, default_checkpoint, load_text_encoder,
+                                      save_pipeline)
+from wan22_jax.pipeline.memory import lower_bound, refuse_if_too_big
+from wan22_jax.pipeline.plan import DenoisePlan, make_plan
+from wan22_jax.pipeline.progress import Progress, stage, step_reporter
+from wan22_jax.pipeline.request import Request, StepCallback, validate_request
 from wan22_jax.sharding import make_mesh, mesh_context
 from wan22_jax.sharding.loading import place_state, vae_decode
 from wan22_jax.text_encoder import TextEncoder
-from wan22_jax.video import PipelineOutput, Video, to_uint8
+from wan22_jax.video import PipelineOutput, Video, as_output, to_uint8
 
-EXPERTS = ("high_noise_model", "low_noise_model")
+JNP_DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 
 
 def decode(vae: tuple[Any, Any], latents, mesh=None, tiling: Tiling | None = None) -> jax.Array:
@@ -52,19 +55,6 @@ def decode(vae: tuple[Any, Any], latents, mesh=None, tiling: Tiling | None = Non
       vae: (graphdef, state). mesh: split the decode over it (rows and batch), or None. tiling: spatial tiles.
     """
     return vae_decode(*vae, jnp.asarray(latents, jnp.float32), mesh, tiling=tiling)
-
-
-@contextlib.contextmanager
-def _reporter(progress: Progress, total: int):
-    """The `denoise` progress callable for the call's `progress` argument: a tqdm bar for True, None for off."""
-    if progress is True:
-        bar = tqdm(total=total, desc="denoising", unit="step")
-        try:
-            yield lambda done, total: bar.update(done - bar.n)
-        finally:
-            bar.close()
-    else:
-        yield progress or None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -80,6 +70,7 @@ class Wan22Pipeline:
       text_encoder: a TextEncoder (tokenizer + umT5 + cache), or None (then pass prompt_embeds).
       dtype: the DiT's dtype. mesh: the device mesh the DiT and VAE are sharded over, or None.
       vae_tiling: a vae_tiling.Tiling, or None (whole frames). source: the folder it was loaded from, if any.
+      no_text_encoder_reason: without a text encoder, why (the missing tokenizer folder), named in errors.
     """
 
     task: TaskConfig
@@ -92,6 +83,9 @@ class Wan22Pipeline:
     mesh: Any = dataclasses.field(default=None, kw_only=True)
     vae_tiling: Tiling | None = dataclasses.field(default=None, kw_only=True)
     source: Path | None = dataclasses.field(default=None, kw_only=True)
+    no_text_encoder_reason: str = dataclasses.field(default="", kw_only=True)
+    # compiled VAE decoders per latent shape (`_decoder`); not an init field: a derived pipeline starts empty
+    _decoders: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.task.two_experts != (len(self.experts) == 2):
@@ -104,28 +98,37 @@ class Wan22Pipeline:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, *, task: str | None = None,
                         dtype: Any = None, t5_dtype: Any = None, mesh=None,
-                        kernels: Kernels = XLA) -> "Wan22Pipeline":
+                        kernels: Kernels = XLA, progress: bool = True) -> "Wan22Pipeline":
         """Loads an official release folder (by its file names), a Diffusers-layout DiT folder plus VAE/T5
-        files, or our converted folder (`wan22 convert`).
+        files, or our converted folder (`wan22 convert`, `save_pretrained`).
 
         Args:
           path: the folder; None loads the embedded default model (see `default_checkpoint`).
           task: "t2v-A14B", "i2v-A14B" or "ti2v-5B"; by default the folder's task.json if it has one, else
             inferred from the DiT's model_type and experts.
-          dtype: DiT compute/param dtype; None: the task's (bf16 for releases, as the official
+          dtype: DiT compute/param dtype: "bf16" / "bfloat16" / jnp.bfloat16 or "fp32" / "float32" /
+            jnp.float32 (the CLI's --dtype spellings); None: the task's (bf16 for releases, as the official
             --convert_model_dtype runs; fp32 for parity or the mini-world model).
-          t5_dtype: text encoder dtype; None: as `dtype` (official: bf16). The VAE always runs in fp32
-            (official autocast fp32).
+          t5_dtype: text encoder dtype, same spellings; None: as `dtype` (official: bf16). The VAE always runs
+            in fp32 (official autocast fp32).
           mesh: a jax.sharding.Mesh or a spec such as "fsdp=4,seq=2" (`wan22_jax.sharding`): the DiT experts load
             straight onto their shards and denoising runs sharded; None: one device.
           kernels: the implementation of every matmul, attention and convolution (`wan22_jax.ops.Kernels`): XLA
             by default on every backend; `Kernels.cpu()` for the CPU kernels, `Kernels(attention="cudnn")` etc.
+          progress: a status bar while the components load.
+        Returns:
+          The pipeline. Raises InputError (a bad argument), InputFileError (no such folder),
+          CheckpointFormatError (a corrupt or truncated file, named) or WeightMappingError (a tensor).
         """
+        dtype = None if dtype is None else dtype_name(dtype, "dtype")
+        t5_dtype = None if t5_dtype is None else dtype_name(t5_dtype, "t5_dtype")
+        task_cfg = None if task is None else get_task(task)
         if path is None:
             path = default_checkpoint()
         path = Path(path)
         if not path.is_dir():
-            raise InputError(f"{path}: checkpoint folder not found")
+            raise InputFileError(f"{path}: checkpoint folder not found")
+        check_json_files(path)
         names = [e for e in EXPERTS if (path / e).is_dir()]
         if names and len(names) != 2:
             raise InputError(f"{path}: found {names} but an A14B checkpoint needs both {EXPERTS}")
@@ -133,26 +136,40 @@ class Wan22Pipeline:
         mesh = None if mesh is None else make_mesh(mesh)
         own_task = load_task_file(path / TASK_FILE) if (path / TASK_FILE).is_file() else None
         if dtype is None:
-            dtype = jnp.float32 if own_task is not None and own_task.dtype == "float32" else jnp.bfloat16
-        t5_dtype = dtype if t5_dtype is None else t5_dtype
-        models = {name: load_dit(folder, dtype=dtype, param_dtype=dtype, mesh=mesh)
-                  for name, folder in folders.items()}
-        dit_cfg = next(iter(models.values())).cfg
-        if task:
-            task_cfg = get_task(task)
-        elif own_task is not None:
-            task_cfg = own_task
-            if task_cfg.two_experts != (len(models) == 2):
-                raise InputError(f"{path / TASK_FILE}: two_experts={task_cfg.two_experts} but the folder has "
-                                 f"{len(models)} DiT(s)")
-        else:
-            task_cfg = task_for_model_type(dit_cfg.model_type, len(models) == 2)
-        experts = {name: nnx.split(with_kernels(m, kernels)) for name, m in models.items()}
-        vae_model = with_kernels(load_vae(path, version=task_cfg.vae_version, dtype=jnp.float32), kernels)
-        text_encoder = _load_text_encoder(path, dit_cfg.text_len, t5_dtype, kernels)
+            dtype = "float32" if own_task is not None and own_task.dtype == "float32" else "bfloat16"
+        dtype, t5_dtype = JNP_DTYPES[dtype], JNP_DTYPES[t5_dtype or dtype]
+        with stage(f"loading {path.name}", progress, total=len(folders) + 2) as bar:
+            models = {}
+            for name, folder in folders.items():
+                models[name] = load_dit(folder, dtype=dtype, param_dtype=dtype, mesh=mesh)
+                bar.update(1)
+            dit_cfg = next(iter(models.values())).cfg
+            if task_cfg is None and own_task is not None:
+                task_cfg = own_task
+                if task_cfg.two_experts != (len(models) == 2):
+                    raise InputError(f"{path / TASK_FILE}: two_experts={task_cfg.two_experts} but the folder has "
+                                     f"{len(models)} DiT(s)")
+            elif task_cfg is None:
+                task_cfg = task_for_model_type(dit_cfg.model_type, len(models) == 2)
+            experts = {name: nnx.split(with_kernels(m, kernels)) for name, m in models.items()}
+            vae_model = with_kernels(load_vae(path, version=task_cfg.vae_version, dtype=jnp.float32), kernels)
+            bar.update(1)
+            text_encoder, why = load_text_encoder(path, dit_cfg.text_len, t5_dtype, kernels)
+            bar.update(1)
         pipe = cls(task_cfg, experts, dit_cfg, nnx.split(vae_model), vae_model.config, text_encoder, dtype=dtype,
-                   source=path)
+                   source=path, no_text_encoder_reason=why)
         return pipe if mesh is None else pipe.sharded(mesh)
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Writes this pipeline in our converted format (what `wan22 convert` writes), atomically: a new folder
+        that `from_pretrained(path)` loads back with the same task, sampling defaults and dtype.
+
+        Args:
+          path: a folder that does not exist yet.
+        Returns:
+          The folder written.
+        """
+        return save_pipeline(self, path)
 
     # ------------------------------------------------------------------------------------------ new pipelines
     def sharded(self, mesh) -> "Wan22Pipeline":
@@ -183,8 +200,8 @@ class Wan22Pipeline:
     def encode_prompts(self, prompts: Sequence[str]) -> jax.Array:
         """[B, text_len, text_dim] zero-padded context (cached per prompt string)."""
         if self.text_encoder is None:
-            raise InputError("this pipeline has no tokenizer/text encoder: pass prompt_embeds and "
-                             "negative_prompt_embeds")
+            why = self.no_text_encoder_reason or "this pipeline has no tokenizer/text encoder"
+            raise InputError(f"{why}; without one, pass prompt_embeds and negative_prompt_embeds instead of text")
         context, _ = self.text_encoder(list(prompts))
         return context
 
@@ -228,9 +245,13 @@ class Wan22Pipeline:
         if request.latents is not None:
             x_T = jnp.asarray(request.latents)
         else:
-            x_T = jax.random.normal(jax.random.key(request.seed), (b, *shape), jnp.float32)
+            x_T = jax.random.normal(request.key, (b, *shape), jnp.float32)
         context = self._context(request.prompts, request.prompt_embeds)
-        context_null = self._context(request.negative_prompts, request.negative_prompt_embeds)
+        with warnings.catch_warnings():
+            if request.negative_prompts and set(request.negative_prompts) == {self.task.negative_prompt}:
+                # the task's own default, not the user's words: a tokenizer gap there is not theirs to fix
+                warnings.simplefilter("ignore", UnknownTokenWarning)
+            context_null = self._context(request.negative_prompts, request.negative_prompt_embeds)
         y, first_latent, cond_latent = self.image_conditioning(request.image, request.num_frames, shape, b)
         return DenoiseInputs(x_T, context, context_null, y, first_latent), cond_latent
 
@@ -238,57 +259,151 @@ class Wan22Pipeline:
     def __call__(self, prompt: str | Sequence[str] | None = None, negative_prompt: str | Sequence[str] | None = None,
                  image=None, num_frames: int | None = None, height: int | None = None, width: int | None = None,
                  num_inference_steps: int | None = None, guidance_scale: float | Sequence[float] | None = None,
-                 solver: str = "unipc", shift: float | None = None, eta: float = 0.0, seed: int = 0,
-                 latents=None, prompt_embeds=None, negative_prompt_embeds=None, max_area: int | None = None,
-                 batch_cfg: bool = True, output_type: str = "video",
-                 return_trajectory: bool = False, progress: Progress = True, step_cache=None) -> PipelineOutput:
-        """Generates one video per prompt.
+                 solver: str = "unipc", shift: float | None = None, eta: float = 0.0, seed: int | None = None,
+                 key=None, num_videos_per_prompt: int = 1, latents=None, prompt_embeds=None,
+                 negative_prompt_embeds=None, max_area: int | None = None, batch_cfg: bool = True,
+                 output_type: str = "video", return_trajectory: bool = False, progress: Progress = True,
+                 callback_on_step_end: StepCallback | None = None, step_cache=None,
+                 check_memory: bool = True) -> PipelineOutput:
+        """Generates `num_videos_per_prompt` videos per prompt.
+
+        Every argument is checked before any model runs (InputError naming the argument, its value and what is
+        allowed); legal but odd values warn (UnusualInputWarning); a request that cannot fit in memory is
+        refused (InsufficientMemoryError) before it runs.
 
         Args:
-          prompt: a prompt or a list (one video each); negative_prompt: None uses the official default.
+          prompt: a prompt or a list; negative_prompt: None uses the task's default (official: the official one).
           image: first frame for i2v-A14B / ti2v-5B (PIL image or [H, W, 3] array); an error for t2v tasks.
           num_frames: 1 + 4k (task default: 81 or 121). height, width: pixels (task default; for image tasks
             the size follows the image and max_area as the official code, unless both are given).
-          num_inference_steps, guidance_scale, shift: task defaults when None; guidance_scale may be
-            (low_noise, high_noise) for A14B.
+          num_inference_steps: a whole number >= 1; guidance_scale: > 0, a (low_noise, high_noise) pair on
+            A14B; shift: > 0. Task defaults when None.
           solver: "unipc" or "dpm++" (official schedules), or any name of `wan22_jax.samplers.sampler_names()`
-            (on the shifted linear schedule). eta: noise re-injection of the stochastic "ddim" sampler.
-          seed: the initial noise is jax.random.normal(key(seed)) (torch's RNG cannot be reproduced).
+            (on the shifted linear schedule). eta: noise re-injection of the stochastic "ddim" sampler, in [0, 1].
+          seed: an integer in [0, 2**32); the initial noise is jax.random.normal(jax.random.key(seed)) (torch's
+            RNG cannot be reproduced). key: a JAX PRNG key instead of a seed (not both). Default: seed 0.
+          num_videos_per_prompt: videos per prompt (each prompt repeated, different noise per video).
           latents: explicit initial noise [B, z, F', h, w] (or [z, F', h, w]) instead of the seed's.
           prompt_embeds / negative_prompt_embeds: [B, L, text_dim] text-encoder outputs (trimmed or zero-padded)
             instead of prompts.
-          output_type: "video" decodes; "latent" stops after denoising.
+          output_type: "video" (uint8 frames), "np" (float32 frames in [0, 1]), "pil" (PIL images), or
+            "latent" (no decode).
           return_trajectory: also return the per-step samples and velocities.
-          progress: True: a tqdm bar; False / None: silent; a callable: called as progress(done, total) after
-            each finished step (from the host, outside the compiled loop).
+          progress: True: status bars (compiling, denoising, decoding); False / None: silent; a callable:
+            called as progress(done, total) after each finished step (from the host, outside the compiled loop).
+          callback_on_step_end: called as callback(step, t, latents) after each step, from the host outside the
+            compiled loop (step from 0, t the model timestep, latents [B, z, F', h, w]); the next step already
+            runs meanwhile.
           step_cache: a `wan22_jax.models.step_cache.StepCache` to skip the DiT blocks at steps whose input
             barely changed (an approximation: measure its cost); the count lands in `skipped_steps`.
+          check_memory: compare the compiled loop's memory plan with the free memory before running.
         Returns:
-          PipelineOutput(videos=[Video], latents=[B, z, F', h, w], trajectory=None | {"samples", "velocities"},
-          skipped_steps, denoise_s).
+          PipelineOutput(videos=[Video] (B of them), frames (in output_type), video [B, 3, F, H, W],
+          latents [B, z, F', h, w], trajectory=None | {"samples", "velocities"}, skipped_steps, denoise_s).
         """
         request = validate_request(
             self.task, self.dit_config, self.vae_config.z_dim, has_text_encoder=self.text_encoder is not None,
-            prompt=prompt, negative_prompt=negative_prompt, image=image, num_frames=num_frames, height=height,
-            width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, solver=solver,
-            shift=shift, eta=eta, seed=seed, latents=latents, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, max_area=max_area, batch_cfg=batch_cfg,
-            output_type=output_type, return_trajectory=return_trajectory, progress=progress,
-            step_cache=step_cache)
-        return self.generate(request)
+            no_text_encoder_reason=self.no_text_encoder_reason, prompt=prompt, negative_prompt=negative_prompt,
+            image=image, num_frames=num_frames, height=height, width=width,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, solver=solver, shift=shift,
+            eta=eta, seed=seed, key=key, num_videos_per_prompt=num_videos_per_prompt, latents=latents,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds, max_area=max_area,
+            batch_cfg=batch_cfg, output_type=output_type, return_trajectory=return_trajectory, progress=progress,
+            callback_on_step_end=callback_on_step_end, step_cache=step_cache)
+        return self.generate(request, check_memory=check_memory)
 
-    def generate(self, request: Request) -> PipelineOutput:
-        """Runs a checked request (from `validate_request`) through plan, denoise and decode."""
+    def _devices(self) -> list:
+        return list(self.mesh.devices.flat) if self.mesh is not None else [jax.devices()[0]]
+
+    def _abstract_inputs(self, request: Request) -> DenoiseInputs:
+        """The DenoiseInputs of `request` as shapes only (nothing allocated)."""
+        b, shape, f32 = request.batch, request.latent_shape, jnp.float32
+        text = jax.ShapeDtypeStruct((b, self.dit_config.text_len, self.dit_config.text_dim), f32)
+        y = first = None
+        if request.image is not None and self.task.mode == "i2v":
+            y = jax.ShapeDtypeStruct((b, 4 + shape[0], *shape[1:]), f32)
+        elif request.image is not None:
+            first = jax.ShapeDtypeStruct((b, shape[0], 1, *shape[2:]), f32)
+        return DenoiseInputs(jax.ShapeDtypeStruct((b, *shape), f32), text, text, y, first)
+
+    def check_memory(self, request: Request, plan: DenoisePlan | None = None) -> int:
+        """Refuses a request that cannot fit: first from its shapes alone, then from the memory plan of the
+        compiled loop (compiled here, reused by the run). Raises InsufficientMemoryError with the needed and
+        available memory and what to try.
+
+        Args:
+          request: from `validate_request`. plan: its DenoisePlan (made if None).
+        Returns:
+          The bytes the run needs beyond the weights (0 where the backend reports no memory plan).
+        """
+        plan = make_plan(request, self.task) if plan is None else plan
+        what = (f"{request.batch} video(s) of {request.num_frames} frames at {request.width}x{request.height}"
+                + (" (latents only)" if request.output_type == "latent" else ""))
+        decode = request.output_type != "latent"
+        devices, limits = self._devices(), dict(tiled=self.vae_tiling is not None, sharded=self.mesh is not None)
+        video = lower_bound(request.batch, (0,), request.num_frames, request.height, request.width, decode)
+        refuse_if_too_big(lower_bound(request.batch, request.latent_shape, request.num_frames, request.height,
+                                      request.width, decode), devices, what, **limits)
+        names = EXPERTS if self.task.two_experts else ("model",)
+        states = tuple(self.experts[n][1] for n in names)
+        per_step = bool(request.progress) or request.callback is not None
+        with stage("compiling", request.progress is True), mesh_context(self.mesh):
+            need = program_memory(self.experts[names[0]][0], plan, states, self._abstract_inputs(request),
+                                  request.tables, self._sampler_key(request, plan), per_step=per_step)
+            if decode:  # the loop's buffers are gone by then: the larger of the two programs counts
+                need = max(need, self._decoder((request.batch, *request.latent_shape))[1])
+        refuse_if_too_big(need, devices, what, **limits)
+        return need
+
+    def _decoder(self, shape: tuple[int, ...]):
+        """(decode(latents) for latents of `shape`, the bytes its program needs beyond the VAE weights).
+
+        Unsharded, the program is compiled here once per shape and kept, so the memory check and the run share
+        one compilation; on a mesh the decode is `vae_decode`'s and its need is the video's size.
+        """
+        if self.mesh is not None:
+            b, _, f, h, w = shape
+            s = self.vae_config.spatial_stride
+            return self.vae_decode, lower_bound(b, (0,), 1 + 4 * (f - 1), h * s, w * s, True)
+        if shape not in self._decoders:
+            graphdef, state = self.vae
+            tiling = self.vae_tiling
+            program = jax.jit(lambda st, lat: vae_decode(graphdef, st, lat, None, tiling=tiling)).lower(
+                state, jax.ShapeDtypeStruct(shape, jnp.float32)).compile()
+            m = program.memory_analysis()
+            need = 0 if m is None else m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+            self._decoders[shape] = (lambda latents: program(state, jnp.asarray(latents, jnp.float32)), int(need))
+        return self._decoders[shape]
+
+    @staticmethod
+    def _sampler_key(request: Request, plan: DenoisePlan):
+        return jax.random.fold_in(request.key, 1) if plan.sampler.stochastic else None
+
+    def generate(self, request: Request, *, check_memory: bool = True) -> PipelineOutput:
+        """Runs a checked request (from `validate_request`) through plan, memory check, denoise and decode.
+
+        Args:
+          request: the checked call. check_memory: run `check_memory` first.
+        Returns:
+          The PipelineOutput (see `__call__`).
+        """
         plan = make_plan(request, self.task)
+        if check_memory:
+            self.check_memory(request, plan)
         inputs, cond_latent = self.inputs(request)
         names = EXPERTS if self.task.two_experts else ("model",)
         states = tuple(self.experts[n][1] for n in names)
         graphdef = self.experts[names[0]][0]
-        key = jax.random.fold_in(jax.random.key(request.seed), 1) if plan.sampler.stochastic else None
+        key = self._sampler_key(request, plan)
+        on_step = None
+        if request.callback is not None:
+            timesteps = np.asarray(request.schedule.timesteps)
+            on_step = lambda i, x: request.callback(i, float(timesteps[i]), x)  # noqa: E731
 
         t0 = time.perf_counter()
-        with _reporter(request.progress, request.steps) as report, mesh_context(self.mesh):
-            final, aux = denoise(graphdef, plan, states, inputs, request.tables, key, progress=report)
+        with step_reporter(request.progress, request.steps) as report, mesh_context(self.mesh):
+            final, aux = denoise(graphdef, plan, states, inputs, request.tables, key, progress=report,
+                                 on_step=on_step)
             final = jax.block_until_ready(final)
         denoise_s = time.perf_counter() - t0
         bad = int(aux["first_nonfinite_step"])
@@ -304,24 +419,9 @@ class Wan22Pipeline:
                      denoise_s=denoise_s)
         if request.output_type == "latent":
             return PipelineOutput(videos=[], **extra)
-        video = np.asarray(self.vae_decode(final))
-        return PipelineOutput(videos=[Video(to_uint8(v), fps=self.task.fps) for v in video], video=video, **extra)
+        with stage("decoding (VAE)", request.progress is True):
+            video = np.asarray(self._decoder(final.shape)[0](final) if check_memory else self.vae_decode(final))
+        frames = np.stack([to_uint8(v) for v in video])
+        return PipelineOutput(videos=[Video(f, fps=self.task.fps) for f in frames],
+                              frames=as_output(frames, request.output_type), video=video, **extra)
 
-
-def _load_text_encoder(path: Path, text_len: int, dtype, kernels: Kernels) -> TextEncoder | None:
-    """The release's text encoder and tokenizer, or None when the folder has no tokenizer files."""
-    tokenizer_dir = path / "google" / "umt5-xxl"
-    if not tokenizer_dir.is_dir():
-        return None
-    return TextEncoder.from_pretrained(path, text_len=text_len, dtype=dtype, param_dtype=dtype,
-                                       kernels=kernels, tokenizer_path=tokenizer_dir)
-
-
-def default_checkpoint() -> Path:
-    """The embedded default model: the mini-world model shipped in the package (wan22_jax/assets/mini_world/,
-    built by experiments/mini_world/build_default.py), laid out like an official release folder."""
-    path = Path(__file__).parent.parent / "assets" / "mini_world"
-    if not path.is_dir():
-        raise InputError(f"no checkpoint given and the embedded default model is missing ({path}); reinstall the "
-                         "package, rebuild it with experiments/mini_world/build_default.py, or pass a checkpoint")
-    return path

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
-from wan22_jax.errors import ConfigError
+from wan22_jax.configs import dtype_name
+from wan22_jax.errors import ConfigError, InputError
 
 T_SAMPLINGS = ("uniform", "logit_normal")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16")  # canonical names; "fp32" and "bf16" are accepted too (configs.DTYPE_NAMES)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -26,7 +28,8 @@ class TrainConfig:
       excluded from the loss).
     text_dropout: probability that a sample's context is zeroed (the null condition classifier-free guidance
       needs).
-    dtype: compute dtype of the DiT (the master weights and optimizer state are always float32).
+    dtype: compute dtype of the DiT, any spelling of `configs.DTYPE_NAMES` ("bf16", "float32"...), stored as
+      "float32" or "bfloat16" (the master weights and optimizer state are always float32).
     remat: rematerialise every DiT block in the backward pass (jax.checkpoint on the scanned block): the
       activation memory of one block instead of all of them, for about one extra forward.
     """
@@ -52,6 +55,11 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        self._check_types()
+        try:
+            object.__setattr__(self, "dtype", dtype_name(self.dtype, "dtype"))
+        except InputError as e:
+            raise ConfigError(str(e)) from None
         if self.t_sampling not in T_SAMPLINGS:
             raise ConfigError(f"t_sampling {self.t_sampling!r} is not one of {T_SAMPLINGS}")
         if self.dtype not in DTYPES:
@@ -67,3 +75,25 @@ class TrainConfig:
             raise ConfigError(f"first_frame_prob {self.first_frame_prob}: need a probability")
         if self.shift <= 0:
             raise ConfigError(f"shift {self.shift}: must be > 0")
+        if self.lr <= 0:
+            raise ConfigError(f"lr {self.lr}: must be > 0")
+
+    def _check_types(self) -> None:
+        """Each field of the type its annotation names (a JSON typo such as "lr": "1e-4" fails here, by name,
+        not deep inside the optimizer)."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type in ("float", "int"):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise ConfigError(f"{f.name}={v!r}: must be a finite number")
+                if f.type == "int" and not float(v).is_integer():
+                    raise ConfigError(f"{f.name}={v!r}: must be a whole number")
+                if f.type == "int":
+                    object.__setattr__(self, f.name, int(v))
+            elif f.type == "bool" and not isinstance(v, bool):
+                raise ConfigError(f"{f.name}={v!r}: must be true or false")
+            elif f.type == "str" and not isinstance(v, str):
+                raise ConfigError(f"{f.name}={v!r}: must be a string")
+        if (not isinstance(self.t_range, tuple) or len(self.t_range) != 2
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in self.t_range)):
+            raise ConfigError(f"t_range={self.t_range!r}: must be a pair [lo, hi] of numbers")

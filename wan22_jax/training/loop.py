@@ -12,12 +12,17 @@
      "save_every": 100, "eval_every": 100, "eval_batch": 8, "progress": true}
 
 Resuming is automatic: if `checkpoint_dir` holds a committed step, the state (params, optimizer, EMA, step,
-rng, data position) is restored and the run continues from there.
+rng, data position) is restored and the run continues from there (it says so, with the step).
+
+Ctrl-C (SIGINT) stops cleanly: the step in flight finishes, a checkpoint of it is saved, and `train` returns
+with "interrupted": True; running the same config again resumes there. A second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
 
 import csv
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
 from wan22_jax.config_utils import config_from_dict
 from wan22_jax.convert.dit import load_dit, save_dit
@@ -47,13 +53,56 @@ KEYS = {"out_dir", "world", "vae", "text", "dit", "train", "lora", "batch_size",
         "keep", "save_every", "eval_every", "eval_batch", "progress", "stop_after"}
 
 
+SECTIONS = ("world", "text", "dit", "train")  # objects of config fields
+COUNTS = {"steps": 1, "batch_size": 1, "keep": 1, "save_every": 1, "eval_every": 1, "eval_batch": 1,
+          "stop_after": 1}  # integer fields and their minimum
+
+
 def _check_keys(config: dict) -> None:
+    """The top level of a training config: known fields, the required ones present, each of its type."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"the training config must be a JSON object, found {type(config).__name__}")
     unknown = sorted(set(config) - KEYS)
     if unknown:
         raise ConfigError(f"unknown training config field(s) {unknown}; valid: {sorted(KEYS)}")
     for k in ("out_dir", "dit", "steps", "batch_size"):
         if k not in config:
             raise ConfigError(f"training config needs {k!r}")
+    for k in SECTIONS:
+        if k in config and not isinstance(config[k], dict):
+            raise ConfigError(f"training config {k!r} must be an object of fields, found {config[k]!r}")
+    for k, low in COUNTS.items():
+        v = config.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise ConfigError(f"training config {k}={v!r}: must be a whole number >= {low}")
+    for k in ("out_dir", "checkpoint_dir", "vae"):
+        if config.get(k) is not None and not isinstance(config[k], str):
+            raise ConfigError(f"training config {k}={config[k]!r}: must be a path (a string)")
+    if "progress" in config and not isinstance(config["progress"], bool):
+        raise ConfigError(f"training config progress={config['progress']!r}: must be true or false")
+    lora = config.get("lora")
+    if lora is not None and not (isinstance(lora, dict) and isinstance(lora.get("base"), str)):
+        raise ConfigError(f"training config lora={lora!r}: must be null or an object with a \"base\" DiT folder")
+
+
+class _Interrupt:
+    """Turns SIGINT into a flag checked between steps (main thread only: elsewhere signals cannot be caught)."""
+
+    def __init__(self, enabled: bool):
+        self.requested = False
+        self._previous = None
+        if enabled and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C: stop now, without the checkpoint
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("interrupted: saving a checkpoint after this step (Ctrl-C again to stop at once)")
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _video_encoder(vae_path):
@@ -119,20 +168,25 @@ def plot_losses(out_dir: Path) -> Path:
 
 
 def train(config: dict[str, Any], *, kernels: Kernels = XLA) -> dict[str, Any]:
-    """Runs (or resumes) a training run. Returns {"state", "step", "out_dir", "seconds", "last_loss"}.
+    """Runs (or resumes) a training run; writes out_dir/dit (and out_dir/t5, the trained encoder in the release
+    layout, when text.train) once all steps are done.
 
-    kernels: the DiT's ops (`wan22_jax.ops.Kernels`; XLA by default, `Kernels.cpu()` on a CPU for speed).
-
-    Writes out_dir/dit (and out_dir/t5, the trained encoder in the release layout, when text.train)."""
+    Args:
+      config: the plain config dict (module docstring); every mistake raises ConfigError naming the field.
+      kernels: the DiT's ops (`wan22_jax.ops.Kernels`; XLA by default, `Kernels.cpu()` on a CPU for speed).
+    Returns:
+      {"state", "step", "out_dir", "seconds", "last_loss", "interrupted" (Ctrl-C: checkpoint saved, outputs not
+      written), "checkpoint_dir"}.
+    """
     _check_keys(config)
     out_dir = Path(config["out_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
     world_cfg = config_from_dict(WorldConfig, config.get("world", {}), source="config world")
     text_cfg = config_from_dict(TextConfig, config.get("text", {}), source="config text")
     dit_cfg = config_from_dict(DiTConfig, config["dit"], source="config dit")
     train_cfg = config_from_dict(TrainConfig, config.get("train", {}), source="config train")
     steps, batch_size = int(config["steps"]), int(config["batch_size"])
     dtype = jnp.bfloat16 if train_cfg.dtype == "bfloat16" else jnp.float32
+    out_dir.mkdir(parents=True, exist_ok=True)  # after the config checks: a mistake leaves no folder behind
 
     lora_spec = config.get("lora")
     if lora_spec and text_cfg.train:
@@ -170,11 +224,13 @@ def train(config: dict[str, Any], *, kernels: Kernels = XLA) -> dict[str, Any]:
             params_fn, text_fn = joint_params_fn, make_text_fn(t5_graphdef)
 
     state = init_state(params, train_cfg)
-    ckpt = TrainCheckpointer(config.get("checkpoint_dir", out_dir / "ckpt"), keep=int(config.get("keep", 3)))
+    ckpt_dir = config.get("checkpoint_dir", out_dir / "ckpt")
+    ckpt = TrainCheckpointer(ckpt_dir, keep=int(config.get("keep", 3)))
     start = 0
     if ckpt.latest_step() is not None:
         state, _ = ckpt.restore(state)
         start = int(state["step"])
+        tqdm.write(f"resuming from step {start} of {steps} (checkpoint in {ckpt_dir})")
     train_step = make_train_step(graphdef, train_cfg, params_fn, text_fn)
     eval_loss = make_eval_loss(graphdef, train_cfg, params_fn, text_fn)
     log = _CsvLog(out_dir / "loss.csv", ["step", "loss", "grad_norm", "lr", "seconds"], start)
@@ -188,35 +244,42 @@ def train(config: dict[str, Any], *, kernels: Kernels = XLA) -> dict[str, Any]:
             row[f"t{t}"] = float(eval_loss(state["params"], eval_batch, t / train_cfg.num_train_timesteps, frozen))
         eval_log.write(row)
 
-    from tqdm.auto import tqdm
     bar = tqdm(total=steps, initial=start, desc="training", unit="step", disable=not config.get("progress", True))
     t0 = time.perf_counter()
     loss = float("nan")
     if start == 0:
         evaluate(0)
-    for step in range(start, steps):
-        batch = data.batch(int(state["data_position"]), batch_size, train_cfg.grad_accum)
-        state, metrics = train_step(state, batch, frozen)
-        loss = float(metrics["loss"])
-        log.write({"step": step + 1, "loss": f"{loss:.6f}", "grad_norm": f"{float(metrics['grad_norm']):.4f}",
-                   "lr": f"{float(metrics['lr']):.3g}", "seconds": f"{time.perf_counter() - t0:.2f}"})
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        done = step + 1
-        if done % eval_every == 0 or done == steps:
-            evaluate(done)
-        if done % save_every == 0 or done == steps:
-            ckpt.save(state, {"config": config, "step": done})
-        if stop_after is not None and done >= int(stop_after):
-            break
+    interrupt = _Interrupt(enabled=True)
+    interrupted = False
+    try:
+        for step in range(start, steps):
+            batch = data.batch(int(state["data_position"]), batch_size, train_cfg.grad_accum)
+            state, metrics = train_step(state, batch, frozen)
+            loss = float(metrics["loss"])
+            log.write({"step": step + 1, "loss": f"{loss:.6f}", "grad_norm": f"{float(metrics['grad_norm']):.4f}",
+                       "lr": f"{float(metrics['lr']):.3g}", "seconds": f"{time.perf_counter() - t0:.2f}"})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            done = step + 1
+            if done % eval_every == 0 or done == steps:
+                evaluate(done)
+            if done % save_every == 0 or done == steps or interrupt.requested:
+                ckpt.save(state, {"config": config, "step": done})
+            if interrupt.requested:
+                interrupted = True
+                break
+            if stop_after is not None and done >= int(stop_after):
+                break
+    finally:
+        interrupt.restore()
     bar.close()
     ckpt.close()
     seconds = time.perf_counter() - t0
-    if stop_after is None or int(state["step"]) >= steps:
+    if not interrupted and (stop_after is None or int(state["step"]) >= steps):
         _write_result(out_dir, state, dit_cfg, train_cfg, lora_spec and lora_cfg, t5_cfg if text_cfg.train else None)
         plot_losses(out_dir)
     return {"state": state, "step": int(state["step"]), "out_dir": out_dir, "seconds": seconds,
-            "last_loss": loss}
+            "last_loss": loss, "interrupted": interrupted, "checkpoint_dir": ckpt_dir}
 
 
 def _write_result(out_dir: Path, state, dit_cfg, train_cfg, lora_cfg, t5_cfg) -> None:

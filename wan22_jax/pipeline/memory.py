@@ -1,0 +1,88 @@
+"""The memory check before a run: what a request needs against what the devices have free.
+
+Two estimates, cheapest first, so that a request that cannot fit is refused in seconds rather than dying mid-run:
+* `lower_bound`: arithmetic on the shapes alone (a few latent-sized buffers of the loop and the decoded video),
+  checked before anything is compiled;
+* the compiled loop's own memory plan (`denoise.program_memory`: XLA's `memory_analysis` of the programs that
+  will run, which stay cached for the run).
+Available memory is the free device memory on accelerators (`Device.memory_stats`) and, on the CPU, the RAM the
+OS reports as available (psutil when installed, else sysconf), capped by a cgroup memory limit.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from wan22_jax.errors import InsufficientMemoryError
+
+try:  # optional: a better "available" figure than sysconf's free pages (it counts reclaimable caches)
+    import psutil
+except ImportError:  # pragma: no cover - psutil is usually present
+    psutil = None
+
+GIB = 2**30
+# latent-sized float32 buffers alive at once in the loop: the sample, the noise it started from, the two CFG
+# velocities and the multistep sampler's history (UniPC keeps two data predictions)
+LOOP_BUFFERS = 6
+
+
+def _cgroup_free() -> int | None:
+    """Bytes left under a cgroup v2 memory limit, or None without one."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if limit == "max" else max(int(limit) - used, 0)
+
+
+def available_bytes(devices) -> tuple[int | None, str]:
+    """(free bytes on the most loaded of `devices`, a description); None where the backend reports nothing.
+
+    Args:
+      devices: the jax devices a run uses (the mesh's, or [jax.devices()[0]]).
+    """
+    dev = devices[0]
+    if dev.platform == "cpu":
+        if psutil is not None:
+            free = int(psutil.virtual_memory().available)
+        else:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        cg = _cgroup_free()
+        return (free if cg is None else min(free, cg)), "RAM"
+    frees = []
+    for d in devices:
+        stats = d.memory_stats() or {}
+        if "bytes_limit" not in stats:
+            return None, f"{dev.platform} memory"
+        frees.append(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    return min(frees), f"{dev.device_kind} memory"
+
+
+def lower_bound(batch: int, latent_shape, num_frames: int, height: int, width: int, decode: bool) -> int:
+    """Bytes a run needs at least, from shapes alone: LOOP_BUFFERS float32 latents of the batch and, when the
+    video is decoded, the float32 video [B, 3, F, H, W] (the decoder's output, before quantisation)."""
+    latents = LOOP_BUFFERS * 4 * batch * math.prod(latent_shape)
+    video = 4 * batch * 3 * num_frames * height * width if decode else 0
+    return latents + video
+
+
+def refuse_if_too_big(need: int, devices, what: str, *, tiled: bool, sharded: bool) -> None:
+    """Raises InsufficientMemoryError when `need` bytes exceed what `devices` have free.
+
+    Args:
+      need: bytes; devices: as `available_bytes`; what: the request in words ("64x64, 5 frames").
+      tiled / sharded: whether VAE tiling and a mesh are already on (not suggested again).
+    """
+    free, where = available_bytes(devices)
+    if free is None or need <= free:
+        return
+    tries = ["fewer frames", "a smaller size"]
+    if not tiled:
+        tries.append("VAE tiling (--vae-tiling, pipe.with_vae_tiling())")
+    if not sharded or len(devices) > 1:
+        tries.append("a mesh over more devices (--mesh, pipe.sharded(...))")
+    raise InsufficientMemoryError(f"{what} needs {need / GIB:.1f} GiB, {free / GIB:.1f} GiB {where} available; "
+                                  f"try {', '.join(tries)}")

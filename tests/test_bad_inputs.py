@@ -6,12 +6,10 @@ lists what is validated; `test_suite_counts_distinct_bad_inputs` keeps the suite
 
 import dataclasses
 import functools
-import io
 import json
 import os
 import pickle
 import re
-import warnings
 import zipfile
 
 import numpy as np

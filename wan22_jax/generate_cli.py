@@ -7,7 +7,6 @@ checks run before any compute; a mistake prints one `error: ...` line and exits 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 

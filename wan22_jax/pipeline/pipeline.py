@@ -341,7 +341,6 @@ class Wan22Pipeline:
                 + (" (latents only)" if request.output_type == "latent" else ""))
         decode = request.output_type != "latent"
         devices, limits = self._devices(), dict(tiled=self.vae_tiling is not None, sharded=self.mesh is not None)
-        video = lower_bound(request.batch, (0,), request.num_frames, request.height, request.width, decode)
         refuse_if_too_big(lower_bound(request.batch, request.latent_shape, request.num_frames, request.height,
                                       request.width, decode), devices, what, **limits)
         names = EXPERTS if self.task.two_experts else ("model",)

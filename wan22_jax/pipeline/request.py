@@ -145,7 +145,7 @@ def _key(seed, key):
     if seed is not None and key is not None:
         raise InputError("give seed= or key=, not both")
     if key is None:
-        seed = 0 if seed is None else _int(seed, "seed", low=0, allowed=f"an integer in [0, 2**32)")
+        seed = 0 if seed is None else _int(seed, "seed", low=0, allowed="an integer in [0, 2**32)")
         if seed >= SEED_LIMIT:
             raise InputError(f"seed={seed}: must be an integer in [0, 2**32) (larger seeds repeat smaller ones)")
         return seed, jax.random.key(seed)

@@ -79,8 +79,8 @@ def compile_library(source: Path, *, include_dirs: Sequence[str] = (), link_args
 class Lazy:
     """A kernel loaded on first use: `ok()` runs `load` once (thread-safe) and remembers why it failed."""
 
-    def __init__(self, name: str, load: Callable[[], Any]):
-        self.name, self._load, self._lock = name, load, threading.Lock()
+    def __init__(self, name: str, load: Callable[[], Any], library: str = ""):
+        self.name, self.library, self._load, self._lock = name, library, load, threading.Lock()
         self.done, self.why, self.value, self.warned = False, "", None, False
 
     def ok(self) -> bool:
@@ -101,3 +101,7 @@ class Lazy:
             self.warned = True
             LOG.warning("wan22_jax: the CPU %s kernel is unavailable (%s); XLA runs instead", self.name, self.why)
         return False
+
+    def status(self) -> str:
+        """The library it runs on ('mkl', 'onednn') when loaded, else 'unavailable (<why>)'."""
+        return self.library if self.ok() else f"unavailable ({self.why})"

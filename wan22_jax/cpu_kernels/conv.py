@@ -55,22 +55,10 @@ def _load():
     return kernel
 
 
-_kernel = build.Lazy("convolution", _load)
-
-
-def available() -> bool:
-    """Whether the oneDNN kernel is loaded (loading it on the first call)."""
-    return _kernel.ok()
-
-
-def ready() -> bool:
-    """`available()`, logging once why not (the ops layer then runs XLA)."""
-    return _kernel.ready()
-
-
-def status() -> str:
-    """'onednn', or 'unavailable (<why>)'."""
-    return "onednn" if available() else f"unavailable ({_kernel.why})"
+_kernel = build.Lazy("convolution", _load, library="onednn")
+available = _kernel.ok  # whether the oneDNN kernel is loaded (loading it on the first call)
+ready = _kernel.ready  # `available()`, logging once why not (the ops layer then runs XLA)
+status = _kernel.status  # 'onednn', or 'unavailable (<why>)'
 
 
 def applies(x: jax.Array, kernel: jax.Array) -> bool:

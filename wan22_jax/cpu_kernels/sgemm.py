@@ -64,22 +64,10 @@ def _load():
     return (mkl, kernel)
 
 
-_kernel = build.Lazy("sgemm", _load)
-
-
-def available() -> bool:
-    """Whether the MKL kernel is loaded (loading it on the first call)."""
-    return _kernel.ok()
-
-
-def ready() -> bool:
-    """`available()`, logging once why not (the ops layer then runs XLA)."""
-    return _kernel.ready()
-
-
-def status() -> str:
-    """'mkl', or 'unavailable (<why>)'."""
-    return "mkl" if available() else f"unavailable ({_kernel.why})"
+_kernel = build.Lazy("sgemm", _load, library="mkl")
+available = _kernel.ok  # whether the MKL kernel is loaded (loading it on the first call)
+ready = _kernel.ready  # `available()`, logging once why not (the ops layer then runs XLA)
+status = _kernel.status  # 'mkl', or 'unavailable (<why>)'
 
 
 def _eligible(arrays, rows: int) -> bool:

@@ -40,7 +40,6 @@ from wan22_jax.ops.kernels import ATTENTIONS
 from wan22_jax.ops.matmul import precision_for
 from wan22_jax.sharding.rules import ACTIVATION_RULES, resolve_spec
 
-IMPLEMENTATIONS = ATTENTIONS
 SPLASH_BLOCK = 128  # the kernel's default block: sequences are padded to a multiple of it
 
 
@@ -198,12 +197,12 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, kv_mask: jax.Array | 
       key_bias: optional [Lk] or [B, Lk] fp32 additive bias per key, added after the scale (the DiT's log-count
         of its one padding text row). With it, splash and non-fp32 inputs run "xla" (in fp32 logits).
       scale: logits scale; None means 1/sqrt(d). (T5 uses 1.0.)
-      impl: one of IMPLEMENTATIONS.
+      impl: one of ops.kernels.ATTENTIONS.
     Returns:
       [B, Lq, N, d] in q's dtype.
     """
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"unknown attention implementation {impl!r}; choose one of {IMPLEMENTATIONS}")
+    if impl not in ATTENTIONS:
+        raise ValueError(f"unknown attention implementation {impl!r}; choose one of {ATTENTIONS}")
     d = q.shape[-1]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     platform = _platform() if impl in ("splash", "dot_product", "cudnn") else None

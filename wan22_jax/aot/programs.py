@@ -278,12 +278,12 @@ def dit_step(plan: Plan, request) -> Stage:
 def stages(plan: Plan, program: str) -> list[Stage]:
     """The stages of `program` (one of PROGRAMS) for `plan`, in the order a generation runs them (traced under
     the plan's mesh: the models' sharding constraints and the attention kernels read it)."""
+    request = _request(plan)  # on the host: its PRNG key is a real array, which a target mesh cannot hold
     with jax.set_mesh(plan.mesh):
-        return _stages(plan, program)
+        return _stages(plan, program, request)
 
 
-def _stages(plan: Plan, program: str) -> list[Stage]:
-    request = _request(plan)
+def _stages(plan: Plan, program: str, request) -> list[Stage]:
     if program == "dit-step":
         return [dit_step(plan, request)]
     if program == "sample":

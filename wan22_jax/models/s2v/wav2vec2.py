@@ -205,13 +205,20 @@ class Wav2Vec2Model(nnx.Module):
             t = (t - k) // s + 1
         return t
 
+    def min_samples(self) -> int:
+        """The shortest waveform giving one feature frame (400 samples for the release geometry)."""
+        n = 1
+        for k, s in reversed(list(zip(self.cfg.conv_kernel, self.cfg.conv_stride))):
+            n = (n - 1) * s + k
+        return n
+
     def __call__(self, input_values, *, last_normed: bool = True):
         """input_values [B, N] -> hidden states [layers + 1, B, T50, hidden]; last_normed: see the module doc."""
         if input_values.ndim != 2:
             raise InputError(f"input_values has shape {input_values.shape}; expected [B, samples]")
         if self.frames(input_values.shape[1]) < 1:
             raise InputError(f"the waveform has {input_values.shape[1]} samples; wav2vec2 needs at least "
-                             f"{self.cfg.conv_kernel[0] + (self.cfg.samples_per_frame - self.cfg.conv_stride[0])}")
+                             f"{self.min_samples()} (one feature frame)")
         impl = self.kernels
         x = input_values.astype(jnp.float32)[..., None]  # [B, N, 1]
         for i in range(len(self.cfg.conv_dim)):

@@ -39,6 +39,7 @@ RUNNERS: dict[str, str] = {
     "pipe_ti2v_t2v": "wan22_jax.verify.pipe",
     "s2v_dit": "wan22_jax.verify.s2v",
     "s2v_audio": "wan22_jax.verify.s2v",
+    "pipe_s2v": "wan22_jax.verify.s2v_pipe",
 }
 
 

@@ -200,6 +200,10 @@ class WanModelS2V(WanModel):
         pt, ph, pw = cfg.patch_size
         if f % pt or h % ph or w % pw:
             raise InputError(f"latent grid {(f, h, w)} is not divisible by patch_size {cfg.patch_size}")
+        if h < 8 or w < 8:
+            # the official frame packer always runs its (4, 8, 8) patch (even when the motion tokens are dropped)
+            raise InputError(f"latent height and width must be at least 8 (64 pixels) for the frame packer's "
+                             f"(4, 8, 8) patches, got {(h, w)}")
         want = {"ref_latents": (b, cfg.in_dim, 1, h, w), "cond_states": (b, cfg.cond_dim, f, h, w)}
         for name, arr in (("ref_latents", ref_latents), ("cond_states", cond_states)):
             if name == "cond_states" and not cfg.cond_dim:

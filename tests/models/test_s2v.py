@@ -141,3 +141,14 @@ def test_unimplemented_config_variants_are_refused():
         dataclasses.replace(CFG, framepack_drop_mode="crop")
     with pytest.raises(ConfigError, match="model_type"):
         S2VConfig(model_type="t2v")
+    # variants the official forward cannot run
+    with pytest.raises(ConfigError, match="cond_dim must be a positive integer"):
+        dataclasses.replace(CFG, cond_dim=0)
+    with pytest.raises(ConfigError, match="zero_timestep=false"):
+        dataclasses.replace(CFG, zero_timestep=False)
+
+
+def test_latents_smaller_than_the_frame_packer_patch_are_refused(model):
+    inp = _inputs(hw=6)
+    with pytest.raises(InputError, match=r"at least 8 .* got \(6, 6\)"):
+        _run(model, inp, drop_motion_frames=True)

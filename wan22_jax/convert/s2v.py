@@ -34,9 +34,8 @@ _ATTN = ("q", "k", "v", "o")
 def s2v_table(cfg: S2VConfig) -> list[Rule]:
     """The full conversion table of one WanModel_S2V checkpoint."""
     table = dit_table(cfg.dit, OFFICIAL)
-    if cfg.cond_dim:
-        table += [Rule("cond_encoder.kernel", "cond_encoder.weight", conv3d),
-                  Rule("cond_encoder.bias", "cond_encoder.bias")]
+    table += [Rule("cond_encoder.kernel", "cond_encoder.weight", conv3d),
+              Rule("cond_encoder.bias", "cond_encoder.bias")]
     table.append(Rule("trainable_cond_mask.weight", "trainable_cond_mask.weight"))
     enc = "casual_audio_encoder.encoder"
     convs = ["conv1_local", "conv2", "conv3"] + (["conv1_global"] if cfg.enable_adain else [])

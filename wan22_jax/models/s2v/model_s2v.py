@@ -5,7 +5,7 @@ It is the Wan DiT (models/dit.py, whose embeddings, blocks, head and text K/V it
 * extra tokens after the video tokens: the reference image's patch embedding (RoPE frame 30) and the frame-pack
   motion tokens (models/s2v/motioner.py, negative frames), all attended to by self-attention;
 * a token-type embedding `trainable_cond_mask` (0 video, 1 reference, 2 motion);
-* two-segment modulation: with `zero_timestep` the video tokens are modulated by t and the other tokens by t = 0;
+* two-segment modulation (`zero_timestep`): the video tokens are modulated by t, the other tokens by t = 0;
 * audio: wav2vec2 features compressed per latent frame (audio_utils.py) and injected after the blocks of
   `audio_inject_layers` (AdaLN + per-frame audio cross-attention on the video tokens).
 The blocks stay stacked and scanned; an injection is a `lax.cond` inside the scan picking its injector by index.
@@ -77,8 +77,10 @@ class S2VConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"S2VConfig.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.cond_dim, int) or isinstance(self.cond_dim, bool) or self.cond_dim < 0:
-            raise ConfigError(f"S2VConfig.cond_dim must be a non-negative integer, got {self.cond_dim!r}")
+        if not isinstance(self.cond_dim, int) or isinstance(self.cond_dim, bool) or self.cond_dim < 1:
+            # the official forward always runs cond_encoder, which cond_dim=0 does not build
+            raise ConfigError(f"S2VConfig.cond_dim must be a positive integer (the official forward needs the "
+                              f"pose encoder), got {self.cond_dim!r}")
         if not isinstance(self.audio_inject_layers, tuple) or not all(
                 isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.audio_inject_layers):
             raise ConfigError(f"S2VConfig.audio_inject_layers must be a list of block indices, got "
@@ -99,6 +101,10 @@ class S2VConfig:
         for name in ("enable_adain", "zero_timestep", "add_last_motion", "zero_init"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"S2VConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        if not self.zero_timestep:
+            # the official blocks read the segment index with `.item()`, which zero_timestep=false leaves an int
+            raise ConfigError("S2VConfig.zero_timestep=false cannot run in the official model and is not "
+                              "implemented")
 
     @property
     def dit(self) -> DiTConfig:
@@ -150,7 +156,7 @@ class WanModelS2V(WanModel):
     Args (of __call__):
       x: [B, 16, F, H, W] noisy latent; t: [B] timesteps; context: [B, Lc, text_dim] (zero-padded to text_len).
       ref_latents: [B, 16, 1, H, W] reference image latent; motion_latents: [B, 16, Tm, H, W] previous frames.
-      cond_states: [B, cond_dim, F, H, W] pose latents (when cond_dim > 0).
+      cond_states: [B, cond_dim, F, H, W] pose latents.
       audio_input: [B, 25, audio_dim, 4F] per-video-frame wav2vec2 features.
       motion_frames: (pixel, latent) motion frames: 73 copies of audio frame 0 are prepended and the first 19
         compressed audio frames dropped. add_last_motion: 0-2 (times config.add_last_motion), what the frame
@@ -171,7 +177,7 @@ class WanModelS2V(WanModel):
         self.cond_encoder = nnx.Dict({
             "kernel": param(rngs, normal_init(0.02), (*cfg.patch_size, cfg.cond_dim, d),
                             (None, None, None, None, "embed"), param_dtype),
-            "bias": param(rngs, zeros_init, (d,), ("embed",), param_dtype)}) if cfg.cond_dim else None
+            "bias": param(rngs, zeros_init, (d,), ("embed",), param_dtype)})
         self.trainable_cond_mask = nnx.Dict({"weight": param(rngs, normal_init(1.0), (3, d), (None, "embed"),
                                                              param_dtype)})
         self.casual_audio_encoder = CausalAudioEncoder(cfg.audio_dim, d, cfg.num_audio_token, cfg.enable_adain,
@@ -206,8 +212,6 @@ class WanModelS2V(WanModel):
                              f"(4, 8, 8) patches, got {(h, w)}")
         want = {"ref_latents": (b, cfg.in_dim, 1, h, w), "cond_states": (b, cfg.cond_dim, f, h, w)}
         for name, arr in (("ref_latents", ref_latents), ("cond_states", cond_states)):
-            if name == "cond_states" and not cfg.cond_dim:
-                continue
             if arr is None or tuple(arr.shape) != want[name]:
                 raise InputError(f"{name} has shape {None if arr is None else tuple(arr.shape)}; expected "
                                  f"{list(want[name])} (x is {list(x.shape)})")
@@ -229,7 +233,7 @@ class WanModelS2V(WanModel):
         return np.concatenate(parts, axis=0), len(video), len(ref)
 
     # -------------------------------------------------------------------------------- forward
-    def __call__(self, x, t, context=None, *, ref_latents, motion_latents, cond_states=None, audio_input,
+    def __call__(self, x, t, context=None, *, ref_latents, motion_latents, cond_states, audio_input,
                  motion_frames=(73, 19), add_last_motion: int = 2, drop_motion_frames: bool = False,
                  context_kv=None, return_intermediates: bool = False):
         cfg = self.s2v
@@ -244,9 +248,8 @@ class WanModelS2V(WanModel):
         mask = self.trainable_cond_mask["weight"][...].astype(jnp.float32)
         video = self.patchify(x)
         grid = tuple(n // p for n, p in zip(x.shape[2:], cfg.patch_size))
-        if self.cond_encoder is not None:
-            video = video + conv_patches(cond_states, self.cond_encoder["kernel"][...], self.cond_encoder["bias"][...],
-                                         dtype=self.dtype, impl=self.kernels.matmul)[0]
+        video = video + conv_patches(cond_states, self.cond_encoder["kernel"][...], self.cond_encoder["bias"][...],
+                                     dtype=self.dtype, impl=self.kernels.matmul)[0]
         parts = [video.astype(jnp.float32) + mask[0], self.patchify(ref_latents).astype(jnp.float32) + mask[1]]
         if not drop_motion_frames:
             motion, _ = self.frame_packer(motion_latents, add_last_motion)
@@ -256,8 +259,8 @@ class WanModelS2V(WanModel):
         cos, sin = rope_tables_at(pos, self.cfg.head_dim)
 
         e, e0 = self.embed_time(t, grid)  # [B, 1, D], [B, 1, 6, D]
-        e0_rest = self.embed_time(jnp.zeros_like(jnp.asarray(t, jnp.float32)), grid)[1] if cfg.zero_timestep else e0
-        e0 = jnp.concatenate([e0, e0_rest], axis=1)  # [B, 2, 6, D]
+        e0_zero = self.embed_time(jnp.zeros_like(jnp.asarray(t, jnp.float32)), grid)[1]
+        e0 = jnp.concatenate([e0, e0_zero], axis=1)  # [B, 2, 6, D]: video tokens t, the others t = 0
         if context_kv is None:
             if context is None:
                 raise InputError("pass context [B, Lc, text_dim] or precomputed context_kv")

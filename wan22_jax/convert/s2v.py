@@ -20,6 +20,8 @@ from wan22_jax.convert.mapping import Rule, conv3d, convert, identity, linear, s
 from wan22_jax.errors import CheckpointFormatError, ConfigError
 from wan22_jax.io.tensor_source import SafetensorsSource, TensorSource
 from wan22_jax.models.s2v.model_s2v import S2VConfig, WanModelS2V, abstract_s2v
+from wan22_jax.sharding import context_mesh
+from wan22_jax.sharding.loading import convert_sharded
 from wan22_jax.state import fill_state, flat_state
 
 
@@ -93,8 +95,17 @@ def convert_s2v(source: TensorSource, cfg: S2VConfig, *, dtype=jnp.float32, para
     return graphdef, fill_state(abstract, {k: jnp.asarray(v) for k, v in arrays.items()})
 
 
-def load_s2v(folder: str | Path, *, dtype=jnp.float32, param_dtype=jnp.float32) -> WanModelS2V:
-    """Loads an official S2V DiT folder (`config.json` + single or sharded `diffusion_pytorch_model*.safetensors`)."""
+def load_s2v(folder: str | Path, *, dtype=jnp.float32, param_dtype=jnp.float32, mesh=None) -> WanModelS2V:
+    """Loads an official S2V DiT folder (`config.json` + single or sharded `diffusion_pytorch_model*.safetensors`).
+
+    mesh: a jax.sharding.Mesh: every parameter goes straight onto its shards with the DiT's rules (the S2V modules
+      carry the same logical axes); None: the mesh set by `jax.set_mesh` if any, else the default device.
+    """
     cfg = read_s2v_config(folder)
     source = SafetensorsSource.from_folder(folder)
+    mesh = mesh if mesh is not None else context_mesh()
+    if mesh is not None:
+        graphdef, abstract = abstract_s2v(cfg, dtype=dtype, param_dtype=param_dtype)
+        return nnx.merge(graphdef, fill_state(abstract, convert_sharded(s2v_table(cfg), source, abstract, "dit",
+                                                                        mesh)))
     return nnx.merge(*convert_s2v(source, cfg, dtype=dtype, param_dtype=param_dtype))

@@ -67,13 +67,6 @@ class Wav2Vec2Config:
         if not self.conv_bias:
             raise ConfigError("Wav2Vec2Config.conv_bias=false is not implemented")
 
-    @property
-    def samples_per_frame(self) -> int:
-        out = 1
-        for s in self.conv_stride:
-            out *= s
-        return out
-
 
 def conv1d(x, kernel, bias, *, stride: int = 1, padding=(0, 0), dtype, impl: str):
     """x [B, T, I], kernel [K, I, O] -> [B, T', O]: a 1-D convolution as a 2-D one over a height-1 image."""

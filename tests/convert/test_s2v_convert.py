@@ -6,12 +6,13 @@ import shutil
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from refcases import REFERENCE_DIR
 from wan22_jax.convert.mapping import check
 from wan22_jax.convert.s2v import read_s2v_config, s2v_table
-from wan22_jax.convert.wav2vec2 import (IGNORED, _ReleaseView, abstract_wav2vec2, read_wav2vec2_config,
-                                        wav2vec2_table)
+from wan22_jax.convert.wav2vec2 import (IGNORED, _ReleaseView, abstract_wav2vec2, load_wav2vec2,
+                                        read_wav2vec2_config, wav2vec2_table)
 from wan22_jax.errors import CheckpointFormatError, ConfigError, WeightMappingError
 from wan22_jax.io.tensor_source import DictSource, SafetensorsSource, ShapeSource
 from wan22_jax.models.s2v.model_s2v import S2V_PRESETS, abstract_s2v
@@ -161,3 +162,19 @@ def test_wav2vec2_config_refusals_name_the_field(tmp_path, key, value, match):
     shutil.copy(W2V_CASE / "model.safetensors", tmp_path / "model.safetensors")
     with pytest.raises(ConfigError, match=match):
         read_wav2vec2_config(_config_copy(tmp_path, W2V_CASE, **{key: value}))
+
+
+def test_wav2vec2_pytorch_model_bin_equals_safetensors(tmp_path):
+    torch = pytest.importorskip("torch")
+    sd, _ = _w2v_sd()
+    shutil.copy(W2V_CASE / "config.json", tmp_path / "config.json")
+    torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, tmp_path / "pytorch_model.bin")
+    a, b = load_wav2vec2(W2V_CASE), load_wav2vec2(tmp_path)
+    for (path, x), (_, y) in zip(flat_state(nnx.state(a)).items(), flat_state(nnx.state(b)).items()):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=path)
+
+
+def test_wav2vec2_folder_without_weights_is_named(tmp_path):
+    shutil.copy(W2V_CASE / "config.json", tmp_path / "config.json")
+    with pytest.raises(CheckpointFormatError, match="model.safetensors"):
+        load_wav2vec2(tmp_path)

@@ -22,6 +22,7 @@ from wan22_jax.convert.mapping import Rule, convert, flatten, identity, linear, 
 from wan22_jax.convert.s2v import conv1d
 from wan22_jax.errors import CheckpointFormatError, ConfigError
 from wan22_jax.io.tensor_source import SafetensorsSource, TensorSource
+from wan22_jax.io.torch_pickle import load_pth
 from wan22_jax.models.s2v.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 from wan22_jax.state import fill_state, flat_state
 
@@ -148,7 +149,13 @@ def convert_wav2vec2(source: TensorSource, cfg: Wav2Vec2Config, *, dtype=jnp.flo
 
 
 def load_wav2vec2(folder: str | Path, *, dtype=jnp.float32, param_dtype=jnp.float32) -> Wav2Vec2Model:
-    """Loads the `wav2vec2-large-xlsr-53-english/` folder (`config.json` + `model.safetensors`)."""
+    """Loads the `wav2vec2-large-xlsr-53-english/` folder: `config.json` + `model.safetensors` (single or
+    sharded), or the older `pytorch_model.bin` (read weights-only with torch) when there is no safetensors file."""
+    folder = Path(folder)
     cfg = read_wav2vec2_config(folder)
-    source = SafetensorsSource.from_folder(folder, stem="model")
+    has_safetensors = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
+    if not has_safetensors and (folder / "pytorch_model.bin").is_file():
+        source = load_pth(folder / "pytorch_model.bin")
+    else:
+        source = SafetensorsSource.from_folder(folder, stem="model")
     return nnx.merge(*convert_wav2vec2(source, cfg, dtype=dtype, param_dtype=param_dtype))

@@ -48,6 +48,8 @@ def _clip(graphdef, state, noise, context, context_null, ref, motion, cond, audi
     def velocity(x, t, i):
         tt = jnp.reshape(t, (1,))
         c = model(x, tt, context_kv=kv, audio_input=audio, **common)
+        if guide_scale <= 1:  # official: no unconditional pass
+            return c
         u = model(x, tt, context_kv=kv_null, audio_input=0.0 * audio, **common)
         return u + guide_scale * (c - u)
 
@@ -73,17 +75,29 @@ def run(case, *, kernels: Kernels = XLA, **options):
     audio = encode_audio(with_kernels(load_wav2vec2(ckpt / WAV2VEC_FOLDER), kernels), inp["waveform"], infer,
                          fps=int(call.get("fps", 16)), last_normed=False)  # transformers 5.x, see verify/s2v.py
     audio_emb = np.asarray(audio["audio_emb"])
-    repeats = min(int(call["num_repeat"]), audio["num_repeat"])
+    repeats = audio["num_repeat"] if call.get("num_repeat") is None else min(int(call["num_repeat"]),
+                                                                            audio["num_repeat"])
 
-    ref_latents = enc(_pixels(inp["ref_image_uint8"][None]))  # [1, 16, 1, h, w]
-    _, _, _, height, width = _pixels(inp["ref_image_uint8"][None]).shape
+    ref_pixels = _pixels(inp["ref_image_uint8"][None])  # [1, 3, 1, H, W]
+    ref_latents = enc(ref_pixels)  # [1, 16, 1, h, w]
+    _, _, _, height, width = ref_pixels.shape
     motion_frames = int(call["motion_frames"])
     last_frames = np.zeros((1, 3, motion_frames, height, width), np.float32)
+    drop_first_motion = bool(call.get("drop_first_motion", True))
+    if call.get("init_first_frame", False):  # official: the last 6 motion frames become the reference image
+        drop_first_motion = False
+        last_frames[:, :, -6:] = ref_pixels
     motion = enc(last_frames)
 
-    pose = _pixels(inp["pose_video_uint8"][:repeats * infer])
-    pose = np.concatenate([pose, -np.ones((1, 3, repeats * infer - pose.shape[2], height, width), np.float32)], 2)
-    conds = [enc(np.concatenate([c[:, :, :1], c], axis=2))[:, :, 1:] for c in np.split(pose, repeats, axis=2)]
+    if "pose_video_uint8" in inp:
+        pose = _pixels(inp["pose_video_uint8"][:repeats * infer])
+        pose = np.concatenate([pose, -np.ones((1, 3, repeats * infer - pose.shape[2], height, width), np.float32)],
+                              axis=2)
+        conds = [enc(np.concatenate([c[:, :, :1], c], axis=2))[:, :, 1:] for c in np.split(pose, repeats, axis=2)]
+    else:  # official: COND[0] * 0
+        stride = call.get("vae_stride", (4, 8, 8))
+        conds = [np.zeros((1, 16, inp["noise"].shape[2], height // stride[1], width // stride[2]), np.float32)
+                 ] * repeats
 
     static = dict(steps=int(call["sampling_steps"]), shift=float(call["shift"]),
                   num_train=int(call["num_train_timesteps"]), guide_scale=float(call["guide_scale"]),
@@ -91,7 +105,7 @@ def run(case, *, kernels: Kernels = XLA, **options):
     out = {k: [] for k in ("motion_latents", "latents_per_step", "noise_pred_per_step", "latents")}
     video = []
     for r in range(repeats):
-        drop = bool(call.get("drop_first_motion", True)) and r == 0
+        drop = drop_first_motion and r == 0
         latents, traj = _clip(*dit, jnp.asarray(inp["noise"][r][None]), jnp.asarray(context[None]),
                               jnp.asarray(context_null[None]), jnp.asarray(ref_latents), jnp.asarray(motion),
                               jnp.asarray(conds[r]), jnp.asarray(audio_emb[..., r * infer:(r + 1) * infer]),

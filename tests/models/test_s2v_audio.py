@@ -7,8 +7,11 @@ import soundfile
 from flax import nnx
 
 from wan22_jax.errors import InputError, InputFileError
-from wan22_jax.models.s2v.audio_encoder import (audio_embedding, bucket_indices, linear_interpolation, load_audio,
-                                                normalize)
+from refcases import REFERENCE_DIR
+from wan22_jax.convert.wav2vec2 import load_wav2vec2
+from wan22_jax.models.s2v.audio_encoder import (audio_embedding, bucket_indices, encode_audio_file,
+                                                linear_interpolation, load_audio, normalize)
+from wan22_jax.verify import load_case, relative_error
 from wan22_jax.models.s2v.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 
 
@@ -82,3 +85,13 @@ def test_wav2vec2_rejects_a_too_short_waveform():
     with pytest.raises(InputError, match="the waveform has 100 samples; wav2vec2 needs at least 400"):
         model(np.zeros((1, 100), np.float32))
     assert model(np.zeros((1, 800), np.float32), last_normed=False).shape == (3, 1, 2, 8)
+
+
+def test_audio_file_through_the_reference_encoder(tmp_path):
+    """The s2v_audio case from a WAV file on disk (the official path starts with librosa.load of a file)."""
+    case = load_case(REFERENCE_DIR / "s2v_audio")
+    soundfile.write(tmp_path / "speech.wav", case.inputs["waveform"], 16000, subtype="FLOAT")
+    model = load_wav2vec2(case.checkpoint / "wav2vec2-large-xlsr-53-english")
+    out = encode_audio_file(model, tmp_path / "speech.wav", case.call["infer_frames"], last_normed=False)
+    assert out["num_repeat"] == int(case.outputs["num_repeat"][0])
+    assert relative_error(np.asarray(out["audio_emb"]), case.outputs["audio_emb"]) <= case.tolerance

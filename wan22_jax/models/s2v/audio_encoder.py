@@ -137,3 +137,9 @@ def encode_audio(model: Wav2Vec2Model, waveform: np.ndarray, infer_frames: int, 
     idx, valid, num_repeat = bucket_indices(feat.shape[1], infer_frames, fps=fps, m=m)
     return {"input_values": input_values, "hidden_states": hidden, "audio_feat": feat,
             "audio_emb": audio_embedding(feat, idx, valid), "num_repeat": num_repeat}
+
+
+def encode_audio_file(model: Wav2Vec2Model, path: str | os.PathLike, infer_frames: int, *, fps: int = FPS,
+                      m: int = 0, last_normed: bool = True) -> dict:
+    """`encode_audio` on an audio file (read and resampled to 16 kHz by `load_audio`); same returns."""
+    return encode_audio(model, load_audio(path), infer_frames, fps=fps, m=m, last_normed=last_normed)

@@ -37,6 +37,8 @@ RUNNERS: dict[str, str] = {
     "pipe_i2v_moe": "wan22_jax.verify.pipe",
     "pipe_ti2v_i2v": "wan22_jax.verify.pipe",
     "pipe_ti2v_t2v": "wan22_jax.verify.pipe",
+    "animate_dit": "wan22_jax.verify.animate",
+    "animate_clip": "wan22_jax.verify.animate",
 }
 
 

@@ -73,27 +73,33 @@ class CLIPVisionConfig:
 
 
 # ------------------------------------------------------------------------------------------------ resize
-def _cubic(x: np.ndarray, a: float = -0.75) -> np.ndarray:
-    """Keys' cubic convolution kernel with torch's a = -0.75."""
-    x = np.abs(x)
-    near = ((a + 2) * x - (a + 3)) * x * x + 1
-    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-    return np.where(x <= 1, near, np.where(x < 2, far, 0.0))
+def _cubic_near(x, a):
+    return ((a + 2) * x - (a + 3)) * x * x + 1
+
+
+def _cubic_far(x, a):
+    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
 
 
 @functools.lru_cache(maxsize=32)
 def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
     """[n_out, n_in] float32 weights of torch's `F.interpolate(mode="bicubic", align_corners=False)` along one axis
-    (no antialiasing): output i samples the input at (i + 0.5) * n_in / n_out - 0.5 with 4 taps, indices clamped
-    to the border."""
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    (no antialiasing): output i samples the input at (i + 0.5) * n_in / n_out - 0.5 with Keys' cubic (a = -0.75)
+    on 4 taps, indices clamped to the border. The source position and the weights are computed in float32 as torch
+    does: its rounding of the position (~1e-6 at 64 -> 224) shows in the weights, and the parity tolerance sees it."""
+    f32 = np.float32
+    a = f32(-0.75)
+    scale = f32(n_in) / f32(n_out)
+    src = scale * (np.arange(n_out, dtype=f32) + f32(0.5)) - f32(0.5)
     base = np.floor(src)
-    frac = src - base
-    mat = np.zeros((n_out, n_in), np.float64)
-    for tap in range(-1, 3):
-        idx = np.clip(base + tap, 0, n_in - 1).astype(np.int64)
-        np.add.at(mat, (np.arange(n_out), idx), _cubic(frac - tap))
-    return mat.astype(np.float32)
+    t = (src - base).astype(f32)
+    one = f32(1.0)
+    weights = [_cubic_far(t + one, a), _cubic_near(t, a), _cubic_near(one - t, a), _cubic_far(f32(2.0) - t, a)]
+    mat = np.zeros((n_out, n_in), f32)
+    for tap, w in zip(range(-1, 3), weights):
+        idx = np.clip(base.astype(np.int64) + tap, 0, n_in - 1)
+        np.add.at(mat, (np.arange(n_out), idx), w.astype(f32))
+    return mat
 
 
 def resize_bicubic(images, size: int):

@@ -39,6 +39,8 @@ RUNNERS: dict[str, str] = {
     "pipe_ti2v_t2v": "wan22_jax.verify.pipe",
     "animate_dit": "wan22_jax.verify.animate",
     "animate_clip": "wan22_jax.verify.animate",
+    "pipe_animate": "wan22_jax.verify.animate",
+    "pipe_animate_replace": "wan22_jax.verify.animate",
 }
 
 

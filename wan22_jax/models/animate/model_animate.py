@@ -358,7 +358,8 @@ def random_animate(cfg: AnimateConfig, seed: int = 0, *, dtype=jnp.float32) -> W
         elif path.startswith("motion_encoder.") and name in ("kernel", "weight"):
             pass  # scaled by 1/sqrt(fan_in) at run time
         elif name == "kernel":
-            x *= np.float32(1.0 / math.sqrt(math.prod(shape[-5:-1]) if len(shape) == 5 else shape[-2]))
+            conv = len(shape) == 5 or path.startswith("face_encoder.conv")  # fan-in over the taps too
+            x *= np.float32(1.0 / math.sqrt(math.prod(shape[:-1]) if conv else shape[-2]))
         elif name == "weight":
             x = 1.0 + np.float32(0.1) * x
         else:

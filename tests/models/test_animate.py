@@ -64,7 +64,7 @@ def tiny_model():
 
 def _inputs(b=2, f=3, seed=0):
     rng = np.random.default_rng(seed)
-    n = lambda *s: jnp.asarray(rng.standard_normal(s).astype(np.float32))  # noqa: E731
+    n = lambda *s: jnp.asarray(rng.standard_normal(s).astype(np.float32))
     return dict(x=n(b, 16, f, 4, 6), t=jnp.asarray([300.0, 900.0][:b]), clip_fea=n(b, 257, TINY.image_dim),
                 context=n(b, 5, TINY.text_dim), y=n(b, 20, f, 4, 6), pose_latents=n(b, 16, f - 1, 4, 6),
                 face_pixel_values=jnp.clip(n(b, 3, 4 * (f - 2) + 1, 16, 16), -1, 1))

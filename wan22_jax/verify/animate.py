@@ -17,10 +17,10 @@ import numpy as np
 from flax import nnx
 
 from wan22_jax.convert.animate import LORA_FILE, load_animate, load_clip, load_relighting_lora, with_lora
-from wan22_jax.errors import InputError
-from wan22_jax.models.animate.clip import CLIP_MEAN, CLIP_STD
 from wan22_jax.convert.t5 import load_t5
 from wan22_jax.convert.vae import load_vae
+from wan22_jax.errors import InputError
+from wan22_jax.models.animate.clip import CLIP_MEAN, CLIP_STD
 from wan22_jax.ops import XLA, Kernels, with_kernels
 from wan22_jax.pipeline.animate import VAE_STRIDE, generate_animate
 

@@ -96,7 +96,7 @@ def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
     one = f32(1.0)
     weights = [_cubic_far(t + one, a), _cubic_near(t, a), _cubic_near(one - t, a), _cubic_far(f32(2.0) - t, a)]
     mat = np.zeros((n_out, n_in), f32)
-    for tap, w in zip(range(-1, 3), weights):
+    for tap, w in zip(range(-1, 3), weights, strict=True):
         idx = np.clip(base.astype(np.int64) + tap, 0, n_in - 1)
         np.add.at(mat, (np.arange(n_out), idx), w.astype(f32))
     return mat

@@ -39,7 +39,7 @@ class CausalConv1d(nnx.Module):
 
     def __call__(self, x):
         k = self.kernel.shape[0]
-        n, t, _ = x.shape
+        t = x.shape[1]
         xp = jnp.concatenate([jnp.repeat(x[:, :1], k - 1, axis=1), x], axis=1)
         t_out = (t - 1) // self.stride + 1
         span = self.stride * (t_out - 1) + 1

@@ -137,7 +137,7 @@ class EncoderApp(nnx.Module):
 
     def __init__(self, size: int, style_dim: int, channels: tuple[int, ...], **kw):
         convs: list[nnx.Module] = [conv_layer(3, channels[0], 1, **kw)]
-        for cin, cout in zip(channels[:-1], channels[1:]):
+        for cin, cout in zip(channels[:-1], channels[1:], strict=True):
             convs.append(ResBlock(cin, cout, **kw))
         convs.append(EqualConv2d(channels[-1], style_dim, 4, padding=0, bias=False, **kw))
         self.convs = nnx.Dict({str(i): m for i, m in enumerate(convs)})

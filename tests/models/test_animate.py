@@ -123,3 +123,13 @@ def test_config_checks():
         dataclasses.replace(TINY, motion_channels=(8, 8))
     with pytest.raises(ConfigError, match="power of two"):
         AnimateConfig(motion_encoder_size=500)
+
+
+def test_bf16_compute_runs_close_to_fp32(tiny_model):
+    """The bf16 path (bf16 Linears and attention, fp32 norms / modulation / QR) compiles and stays near fp32;
+    lax.cond's two branches (face block or not) must agree in dtype for this to trace at all."""
+    inp = _inputs(b=1)
+    ref = _run(tiny_model, inp)
+    out = _run(random_animate(TINY, seed=0, dtype=jnp.bfloat16), inp)
+    assert out.dtype == np.float32 and np.all(np.isfinite(out))
+    assert np.abs(out - ref).max() / np.abs(ref).max() < 0.05

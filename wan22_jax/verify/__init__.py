@@ -40,6 +40,10 @@ RUNNERS: dict[str, str] = {
     "s2v_dit": "wan22_jax.verify.s2v",
     "s2v_audio": "wan22_jax.verify.s2v",
     "pipe_s2v": "wan22_jax.verify.s2v_pipe",
+    "animate_dit": "wan22_jax.verify.animate",
+    "animate_clip": "wan22_jax.verify.animate",
+    "pipe_animate": "wan22_jax.verify.animate",
+    "pipe_animate_replace": "wan22_jax.verify.animate",
 }
 
 

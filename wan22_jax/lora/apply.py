@@ -23,6 +23,7 @@ from wan22_jax.errors import InputError, WeightMappingError
 from wan22_jax.state import fill_state, flat_state
 
 Deltas = Mapping[str, Mapping[str, Any]]
+LORA_EXPERTS = {"high": "high_noise_model", "low": "low_noise_model"}
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -127,6 +128,21 @@ def merge_state(state, adapters: Sequence[tuple[Deltas, Any]], *, jit: bool = Tr
         if merged[path] is not old and sharding is not None:
             merged[path] = jax.device_put(merged[path], sharding)
     return fill_state(state, merged)
+
+
+def expert_names(experts: Mapping[str, Any], expert: str | None) -> tuple[str, ...]:
+    """The experts a LoRA goes to: all of them for expert=None, one for "high" / "low" (A14B pipelines).
+
+    Raises InputError for another value, or "high" / "low" on a pipeline with one DiT.
+    """
+    if expert is None:
+        return tuple(experts)
+    if expert not in LORA_EXPERTS:
+        raise InputError(f"expert={expert!r}: expected None, 'high' or 'low'")
+    if LORA_EXPERTS[expert] not in experts:
+        raise InputError(f"expert={expert!r}: this pipeline has one DiT ({sorted(experts)}), no high/low-noise "
+                         "experts; leave the expert unset")
+    return (LORA_EXPERTS[expert],)
 
 
 def merge_into_experts(experts: Mapping[str, tuple[Any, Any]],

@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a LoRA safetensors file (diffusers/PEFT, ComfyUI, LightX2V, musubi/kohya or `wan22 train`'s), "
                    "merged before generating; STRENGTH default 1.0; @high/@low: one expert of an A14B model "
                    "(default: every expert). Repeat for several")
+    p.add_argument("--lora-skip-unknown-keys", action="store_true", help="warn about and skip the keys of a --lora "
+                   "file that name no parameter of the DiT (default: an error naming them)")
     p.add_argument("--vae-tiling", action="store_true", help="decode in overlapping spatial tiles")
     p.add_argument("--mesh", metavar="SPEC", help="shard over a device mesh, e.g. fsdp=4,seq=2 (axes data, fsdp, "
                    "seq, tensor; the product must equal the device count)")
@@ -117,12 +119,13 @@ def parse_lora(text: str) -> tuple[Path, float, str | None]:
     return Path(spec), strength, expert
 
 
-def load_loras(pipe: Wan22Pipeline, specs: list[tuple[Path, float, str | None]]) -> Wan22Pipeline:
+def load_loras(pipe: Wan22Pipeline, specs: list[tuple[Path, float, str | None]], strict: bool = True
+               ) -> Wan22Pipeline:
     """Every --lora read and checked against the pipeline first, then merged in order."""
     weights = []
     for path, strength, expert in specs:
         expert_names(pipe.experts, expert)
-        weights.append((read_lora(path, pipe.dit_config), strength, expert))
+        weights.append((read_lora(path, pipe.dit_config, strict=strict), strength, expert))
     for w, strength, expert in weights:
         pipe = pipe.load_lora(w, strength=strength, expert=expert)
     return pipe
@@ -179,7 +182,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         pipe = Wan22Pipeline.from_pretrained(args.checkpoint, task=args.task, mesh=args.mesh, dtype=args.dtype,
                                              kernels=kernels, progress=not args.quiet)
-    pipe = load_loras(pipe, loras)
+    pipe = load_loras(pipe, loras, strict=not args.lora_skip_unknown_keys)
     if args.vae_tiling:
         pipe = pipe.with_vae_tiling()
     load_s = time.perf_counter() - t0

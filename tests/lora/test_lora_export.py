@@ -8,9 +8,10 @@ from safetensors import safe_open
 
 from wan22_jax.errors import InputError, WeightMappingError
 from wan22_jax.lora.apply import apply_flat, flatten
-from wan22_jax.lora.export import expert_path, export_lora
+from wan22_jax.lora.export import expert_path, export_lora, export_lora_file
 from wan22_jax.lora.load import read_lora
-from wan22_jax.lora.ours import LoraConfig
+from wan22_jax.lora.formats import OURS
+from wan22_jax.lora.ours import LoraConfig, save_adapters
 from wan22_jax.models.dit import WanModel
 from wan22_jax.training.lora import apply_lora, init_lora
 
@@ -65,6 +66,27 @@ def test_round_trip_through_read_lora(tmp_path, trained, fmt):
     want = flatten(apply_lora(params, lora, LCFG, 0.4))
     for k in want:
         np.testing.assert_allclose(np.asarray(ours[k]), np.asarray(want[k]), rtol=1e-6, atol=1e-6, err_msg=k)
+
+
+def test_our_training_file_reads_directly_and_converts(tmp_path, trained):
+    """`wan22 train`'s own file is a format of its own for read_lora, and export_lora_file rewrites it."""
+    params, lora = trained
+    ours_file = save_adapters(tmp_path / "lora.safetensors", lora, LCFG)
+    weights = read_lora(ours_file, CFG)
+    assert weights.format == OURS
+    want = flatten(apply_lora(params, lora, LCFG, 1.5))
+    got = apply_flat(flatten(params), [(weights.deltas, 1.5)])
+    for k in want:
+        np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=1e-6, atol=1e-6, err_msg=k)
+    comfy = read_lora(export_lora_file(ours_file, tmp_path / "c.safetensors", CFG), CFG)
+    assert comfy.format == "comfyui"
+    got = apply_flat(flatten(params), [(comfy.deltas, 1.5)])
+    for k in want:
+        np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=1e-6, atol=1e-6, err_msg=k)
+    wider = dict(lora, **{"blocks.self_attn.q.kernel": {k: np.concatenate([v, v], axis=-2 if k == "a" else -1)
+                                                        for k, v in lora["blocks.self_attn.q.kernel"].items()}})
+    with pytest.raises(WeightMappingError, match=r"adapter 'blocks\.self_attn\.q\.kernel' has A \(2, 32, 2\)"):
+        read_lora(save_adapters(tmp_path / "w.safetensors", wider, LCFG), CFG)
 
 
 def test_per_expert_files_and_refusals(tmp_path, trained):

@@ -11,10 +11,10 @@ apply.py (merged / unmerged arithmetic), export.py (writing ComfyUI / diffusers 
 """
 
 from wan22_jax.lora.apply import apply_deltas, merge_into_experts, merge_state
-from wan22_jax.lora.export import export_lora, expert_path
+from wan22_jax.lora.export import expert_path, export_lora, export_lora_file
 from wan22_jax.lora.formats import FORMATS, detect_format
 from wan22_jax.lora.load import LoraWeights, read_lora
 from wan22_jax.lora.ours import LoraConfig
 
-__all__ = ["FORMATS", "LoraConfig", "LoraWeights", "apply_deltas", "detect_format", "expert_path", "export_lora",
+__all__ = ["FORMATS", "LoraConfig", "LoraWeights", "apply_deltas", "detect_format", "expert_path", "export_lora", "export_lora_file",
            "merge_into_experts", "merge_state", "read_lora"]

@@ -21,7 +21,7 @@ from safetensors.numpy import save_file
 from wan22_jax.convert.mapping import linear
 from wan22_jax.errors import InputError, WeightMappingError
 from wan22_jax.lora.formats import COMFYUI, DIFFUSERS, TABLE, source_params
-from wan22_jax.lora.ours import LoraConfig, layer_scale
+from wan22_jax.lora.ours import LoraConfig, layer_scale, load_adapters
 from wan22_jax.models.dit import DiTConfig
 
 EXPORT_FORMATS = (COMFYUI, DIFFUSERS)
@@ -84,3 +84,11 @@ def export_lora(path: str | os.PathLike, lora: Mapping[str, Mapping[str, Any]], 
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, path)
     return path
+
+
+def export_lora_file(src: str | os.PathLike, dst: str | os.PathLike, dit_config: DiTConfig,
+                     fmt: str = COMFYUI) -> Path:
+    """`wan22 train`'s `lora.safetensors` (`src`) rewritten as `dst` in `fmt`; dit_config: the DiT it was
+    trained on. Returns dst."""
+    lora, cfg = load_adapters(src)
+    return export_lora(dst, lora, cfg, dit_config, fmt)

@@ -3,6 +3,7 @@ official state dict and converted; every bad file is one error naming the key be
 
 import json
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -184,3 +185,19 @@ def test_missing_and_unreadable_files(tmp_path):
     (tmp_path / "x.safetensors").write_bytes(b"\x00" * 40)
     with pytest.raises(CheckpointFormatError, match=r"x\.safetensors: not a readable safetensors file"):
         read_lora(tmp_path / "x.safetensors", CFG)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+def test_half_precision_files(tmp_path, base_sd, dtype):
+    """Released LoRAs are fp16 or bf16 (alpha too): read as float32 values of the stored numbers."""
+    rng = np.random.default_rng(6)
+    down, up = factors(rng, base_sd, "blocks.1.cross_attn.k", 4)
+    down, up = down.astype(dtype), up.astype(dtype)
+    want = dict(base_sd)
+    want["blocks.1.cross_attn.k.weight"] = want["blocks.1.cross_attn.k.weight"] + 0.5 * (
+        up.astype(np.float32) @ down.astype(np.float32))
+    tensors = {"diffusion_model.blocks.1.cross_attn.k.lora_down.weight": down,
+               "diffusion_model.blocks.1.cross_attn.k.lora_up.weight": up,
+               "diffusion_model.blocks.1.cross_attn.k.alpha": np.asarray([2.0], dtype)}
+    merged, _ = _merged(write(tmp_path / "h.safetensors", tensors), base_sd)
+    assert rel_err(merged, to_ours(want)) <= TOL

@@ -85,6 +85,21 @@ def test_lightx2v_full_differences(tmp_path, base_sd):
     assert rel_err(merged, to_ours(want)) <= TOL
 
 
+def test_convolution_lora_on_the_patch_embedding(tmp_path, base_sd):
+    """A LoRA of the patch Conv3d: down [r, I, kt, kh, kw], up [O, r, 1, 1, 1]."""
+    rng = np.random.default_rng(7)
+    w = base_sd["patch_embedding.weight"]
+    down = rng.standard_normal((3, *w.shape[1:])).astype(np.float32)
+    up = 0.1 * rng.standard_normal((w.shape[0], 3, 1, 1, 1)).astype(np.float32)
+    want = dict(base_sd)
+    want["patch_embedding.weight"] = w + 0.5 * (up.reshape(-1, 3) @ down.reshape(3, -1)).reshape(w.shape)
+    tensors = {"diffusion_model.patch_embedding.lora_down.weight": down,
+               "diffusion_model.patch_embedding.lora_up.weight": up,
+               "diffusion_model.patch_embedding.alpha": np.float32(1.5)}
+    merged, _ = _merged(write(tmp_path / "p.safetensors", tensors), base_sd)
+    assert rel_err(merged, to_ours(want)) <= TOL
+
+
 def test_musubi(tmp_path, base_sd):
     rng = np.random.default_rng(3)
     want = dict(base_sd)
@@ -158,7 +173,8 @@ BAD = [
      r"norm3\.diff' has shape \(8,\), but 'blocks\.0\.norm3\.weight' of this model has \(16,\)"),
     ("low_rank_on_a_norm", {"diffusion_model.blocks.0.norm3.lora_A.weight": np.zeros((2, 16), np.float32),
                             "diffusion_model.blocks.0.norm3.lora_B.weight": np.zeros((16, 2), np.float32)},
-     WeightMappingError, r"is a low-rank update of 'blocks\.0\.norm3\.weight', which is not a Linear"),
+     WeightMappingError, r"are a low-rank update of 'blocks\.0\.norm3\.weight', which is neither a Linear nor a "
+                         r"convolution"),
     ("not_wan", {"unet.down.0.lora_A.weight": np.zeros((2, 4), np.float32)}, WeightMappingError,
      r"not a Wan LoRA in a known format"),
 ]

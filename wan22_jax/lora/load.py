@@ -93,24 +93,38 @@ def _module_update(name: str, parts: dict[str, tuple[str, np.ndarray]], target: 
                 raise WeightMappingError(f"{source}: {low[other][0] if other in low else low[ALPHA][0]!r} has no "
                                          f"matching {'lora_down/lora_A' if need == DOWN else 'lora_up/lora_B'}")
         (kd, down), (ku, up) = low[DOWN], low[UP]
-        if target.transform is not linear:
-            raise WeightMappingError(f"{source}: {kd!r} is a low-rank update of {name!r}, which is not a Linear")
-        down, up = down.reshape(down.shape[0], -1), up.reshape(up.shape[0], -1)
-        d_in, d_out = want
-        if down.shape[1] != d_in or up.shape[0] != d_out or up.shape[1] != down.shape[0]:
-            raise WeightMappingError(
-                f"{source}: {kd!r} {down.shape} and {ku!r} {up.shape} do not make a [{d_out}, {d_in}] update of "
-                f"{name!r} (this model's shape)")
+        rank = down.shape[0]
         if ALPHA in low:
-            scale = float(np.asarray(low[ALPHA][1]).reshape(-1)[0]) / down.shape[0]
-        out.update(a=down.T, b=up.T, scale=scale)
-    full = None
+            scale = float(np.asarray(low[ALPHA][1]).reshape(-1)[0]) / rank
+        if target.transform is not linear:
+            # a convolution's LoRA (the patch embedding): down [r, I, kt, kh, kw], up [O, r, 1, 1, 1] make a
+            # full-size update in torch layout, converted like the weight itself
+            if up.ndim < 2 or up.shape[1] != rank or down.ndim < 2 or len(want) < 2:
+                raise WeightMappingError(f"{source}: {kd!r} {down.shape} and {ku!r} {up.shape} are a low-rank "
+                                         f"update of {name!r}, which is neither a Linear nor a convolution")
+            torch_delta = (up.reshape(up.shape[0], rank) @ down.reshape(rank, -1)).reshape(up.shape[0],
+                                                                                           *down.shape[1:])
+            full = scale * np.asarray(target.transform(torch_delta))
+            if full.shape != want:
+                raise WeightMappingError(f"{source}: {kd!r} {down.shape} and {ku!r} {up.shape} make an update of "
+                                         f"shape {full.shape} (ours), but {name!r} of this model has {want}")
+            out["full"] = full
+        else:
+            down, up = down.reshape(rank, -1), up.reshape(up.shape[0], -1)
+            d_in, d_out = want
+            if down.shape[1] != d_in or up.shape[0] != d_out or up.shape[1] != rank:
+                raise WeightMappingError(
+                    f"{source}: {kd!r} {down.shape} and {ku!r} {up.shape} do not make a [{d_out}, {d_in}] update "
+                    f"of {name!r} (this model's shape)")
+            out.update(a=down.T, b=up.T, scale=scale)
+    full = out.pop("full", None)
     if DIFF in parts:
         key, diff = parts[DIFF]
-        full = np.asarray(target.transform(diff))
-        if full.shape != want:
+        d = np.asarray(target.transform(diff))
+        if d.shape != want:
             raise WeightMappingError(f"{source}: {key!r} has shape {diff.shape}, but {name!r} of this model has "
                                      f"{want} (ours)")
+        full = d if full is None else full + d
     if UP_BIAS in parts:
         key, bias = parts[UP_BIAS]
         if bias.shape != want:

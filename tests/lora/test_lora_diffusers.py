@@ -173,5 +173,5 @@ def test_exported_training_lora_loads_in_diffusers(tiny, tmp_path, fmt):
     back = merge_state(tiny["state"], [(read_lora(path, tiny["cfg"]).deltas, 0.6)])
     got = nnx.to_pure_dict(back)
     err = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)) / np.max(np.abs(np.asarray(b)))))
-              for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(merged)))
+              for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(merged), strict=True))
     assert err <= 1e-6

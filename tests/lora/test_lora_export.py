@@ -9,8 +9,8 @@ from safetensors import safe_open
 from wan22_jax.errors import InputError, WeightMappingError
 from wan22_jax.lora.apply import apply_flat, flatten
 from wan22_jax.lora.export import expert_path, export_lora, export_lora_file
-from wan22_jax.lora.load import read_lora
 from wan22_jax.lora.formats import OURS
+from wan22_jax.lora.load import read_lora
 from wan22_jax.lora.ours import LoraConfig, save_adapters
 from wan22_jax.models.dit import WanModel
 from wan22_jax.training.lora import apply_lora, init_lora
@@ -35,7 +35,7 @@ def _keys(path):
 
 
 def test_comfyui_names_shapes_and_alpha(tmp_path, trained):
-    params, lora = trained
+    _, lora = trained
     tensors = _keys(export_lora(tmp_path / "c.safetensors", lora, LCFG, CFG, "comfyui"))
     modules = ["blocks.0.self_attn.q", "blocks.1.self_attn.q", "blocks.1.ffn.2", "head.head"]  # not blocks.0.ffn.2
     assert set(tensors) == {f"diffusion_model.{m}.{s}" for m in modules for s in
@@ -48,7 +48,7 @@ def test_comfyui_names_shapes_and_alpha(tmp_path, trained):
 
 
 def test_diffusers_names(tmp_path, trained):
-    params, lora = trained
+    _, lora = trained
     tensors = _keys(export_lora(tmp_path / "d.safetensors", lora, LCFG, CFG, "diffusers"))
     assert set(tensors) == {f"transformer.{m}.{s}" for m in ("blocks.0.attn1.to_q", "blocks.1.attn1.to_q",
                                                             "blocks.1.ffn.net.2", "proj_out")

@@ -9,6 +9,7 @@ ours against the torch-layout arithmetic), and `head.head.alpha` (diffusers' con
 """
 
 import copy
+import json
 
 import jax
 import numpy as np
@@ -62,8 +63,8 @@ def tiny(tmp_path_factory):
 
 def _theirs(tiny, path, strength):
     model = copy.deepcopy(tiny["model"])
-    state_dict = WanLoraLoaderMixin.lora_state_dict(str(path))
-    WanLoraLoaderMixin.load_lora_into_transformer(state_dict, transformer=model, adapter_name="t")
+    state_dict, metadata = WanLoraLoaderMixin.lora_state_dict(str(path), return_lora_metadata=True)
+    WanLoraLoaderMixin.load_lora_into_transformer(state_dict, transformer=model, adapter_name="t", metadata=metadata)
     model.set_adapters(["t"], [strength])
     model.fuse_lora()
     x, t, ctx = (torch.from_numpy(a) for a in tiny["inputs"])
@@ -98,17 +99,25 @@ def test_base_checkpoints_agree(tiny):
     assert float(np.max(np.abs(out - ref)) / np.max(np.abs(ref))) <= TOL
 
 
-def test_diffusers_peft_file(tiny, tmp_path):
+@pytest.mark.parametrize("alpha", [None, 12.0])
+def test_diffusers_peft_file(tiny, tmp_path, alpha):
+    """PEFT names; with alpha, the adapter config in the metadata as a diffusers pipeline's `save_lora_weights`
+    writes it (fields prefixed with the component)."""
     rng = np.random.default_rng(1)
-    tensors = {}
+    tensors, modules = {}, []
     for i in range(2):
         for m in ("self_attn.q", "cross_attn.o", "ffn.0"):
             down, up = _factors(rng, BLOCK_LINEARS[m], 3)
-            tensors[f"transformer.blocks.{i}.{DIFFUSERS_NAMES[m]}.lora_A.weight"] = down
-            tensors[f"transformer.blocks.{i}.{DIFFUSERS_NAMES[m]}.lora_B.weight"] = up
+            modules.append(f"blocks.{i}.{DIFFUSERS_NAMES[m]}")
+            tensors[f"transformer.{modules[-1]}.lora_A.weight"] = down
+            tensors[f"transformer.{modules[-1]}.lora_B.weight"] = up
     down, up = _factors(rng, (HEAD_OUT, DIM), 3)
     tensors.update({"transformer.proj_out.lora_A.weight": down, "transformer.proj_out.lora_B.weight": up})
-    _check(tiny, write(tmp_path / "d.safetensors", tensors), 0.8)
+    meta = None
+    if alpha is not None:
+        fields = {"r": 3, "lora_alpha": alpha, "target_modules": [*modules, "proj_out"]}
+        meta = {"lora_adapter_metadata": json.dumps({f"transformer.{k}": v for k, v in fields.items()})}
+    _check(tiny, write(tmp_path / "d.safetensors", tensors, meta), 0.8)
 
 
 @pytest.mark.parametrize("names", [("lora_A", "lora_B"), ("lora_down", "lora_up")])

@@ -62,11 +62,14 @@ def _unknown(source: str, keys: list[str], fmt: str, strict: bool) -> None:
 
 
 def _peft_scale(metadata: dict[str, str], source: str) -> float:
-    """lora_alpha / r from diffusers' PEFT metadata; 1 without it (as diffusers loads such a file)."""
+    """lora_alpha / r from diffusers' PEFT metadata (a model's `save_lora_adapter` writes the fields, a pipeline's
+    `save_lora_weights` prefixes them with "transformer."); 1 without it (as diffusers loads such a file)."""
     if PEFT_METADATA not in metadata:
         return 1.0
     try:
         cfg = json.loads(metadata[PEFT_METADATA])
+        if any(k.startswith("transformer.") for k in cfg):  # a pipeline's file: fields per component
+            cfg = {k.removeprefix("transformer."): v for k, v in cfg.items() if k.startswith("transformer.")}
         r, alpha = cfg["r"], cfg.get("lora_alpha", cfg["r"])
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{source}: unreadable {PEFT_METADATA} metadata ({e})") from None

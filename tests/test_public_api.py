@@ -30,6 +30,10 @@ HOMES = {
     "RK4": "wan22_jax.samplers.simple",
     "get_sampler": "wan22_jax.samplers.registry",
     "StepCache": "wan22_jax.models.step_cache",
+    "read_lora": "wan22_jax.lora.load",
+    "LoraWeights": "wan22_jax.lora.load",
+    "export_lora": "wan22_jax.lora.export",
+    "LoraConfig": "wan22_jax.lora.ours",
 }
 
 

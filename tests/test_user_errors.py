@@ -21,7 +21,7 @@ from safetensors.numpy import save_file
 
 from wan22_jax import cli
 from wan22_jax.errors import (CheckpointFormatError, ConfigError, InputError, InputFileError,
-                              InsufficientMemoryError, UnknownTokenWarning, UnusualInputWarning)
+                              InsufficientMemoryError, UnknownTokenWarning, UnusualInputWarning, WeightMappingError)
 from wan22_jax.pipeline import Wan22Pipeline, default_checkpoint, memory, validate_request
 from wan22_jax.presets import random_pipeline
 from wan22_jax.training.checkpoint import TrainCheckpointer
@@ -103,7 +103,33 @@ def _save_into_existing(p, tmp):
     p["world"].save_pretrained(tmp)
 
 
+def _lora_file(tmp, d_in=64, extra=None):
+    """A ComfyUI-named LoRA on blocks.0.self_attn.q of a width-`d_in` DiT (the tiny presets are 64 wide)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    tensors = {"diffusion_model.blocks.0.self_attn.q.lora_A.weight": np.zeros((2, d_in), np.float32),
+               "diffusion_model.blocks.0.self_attn.q.lora_B.weight": np.zeros((64, 2), np.float32), **(extra or {})}
+    save_file(tensors, str(tmp / "lora.safetensors"))
+    return tmp / "lora.safetensors"
+
+
+def _not_safetensors(tmp):
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "lora.safetensors").write_text("not a LoRA")
+    return tmp / "lora.safetensors"
+
+
 CASES = [
+    ("lora_expert_on_one_dit", lambda p, tmp: p["ti2v"].load_lora(_lora_file(tmp), expert="high"), InputError,
+     r"expert='high': this pipeline has one DiT \(\['model'\]\), no high/low-noise experts"),
+    ("lora_missing_file", lambda p, tmp: p["ti2v"].load_lora(tmp / "none.safetensors"), InputFileError,
+     r"none\.safetensors: no such LoRA file"),
+    ("lora_not_safetensors", lambda p, tmp: p["t2v"].load_lora(_not_safetensors(tmp)), CheckpointFormatError,
+     r"lora\.safetensors: not a readable safetensors file"),
+    ("lora_unknown_key", lambda p, tmp: p["ti2v"].load_lora(_lora_file(tmp, extra={
+        "diffusion_model.blocks.0.self_attn.q_img.alpha": np.ones((), np.float32)})), WeightMappingError,
+     r"1 comfyui LoRA key\(s\) match no parameter of this DiT: \['diffusion_model\.blocks\.0\.self_attn\.q_img"),
+    ("lora_shape_mismatch", lambda p, tmp: p["ti2v"].load_lora(_lora_file(tmp, d_in=48)), WeightMappingError,
+     r"lora_A\.weight' \(2, 48\) .* do not make a \[64, 64\] update of 'blocks\.0\.self_attn\.q\.weight'"),
     ("guidance_zero", _call(guidance_scale=0), InputError, r"guidance_scale=0: must be a finite number > 0.*"
                                                            r"ignores the prompt"),
     ("guidance_negative", _call(guidance_scale=-2.0), InputError, r"guidance_scale=-2\.0: must be .* > 0"),
@@ -249,6 +275,12 @@ def _train_config(tmp, text):
 
 GEN = ["generate", "--prompt", "a red bar", "--frames", "5", "--steps", "2", "--quiet"]
 CLI_CASES = [
+    ("lora_missing_cli", lambda tmp: GEN + ["--lora", tmp / "none.safetensors"],
+     r"--lora .*none\.safetensors: no such file \(the syntax is PATH\[:STRENGTH\]\[@high\|@low\]\)"),
+    ("lora_strength_cli", lambda tmp: GEN + ["--lora", f"{_lora_file(tmp)}:strong"],
+     r"strength 'strong' is not a number"),
+    ("lora_high_on_one_dit_cli", lambda tmp: GEN + ["--lora", f"{_lora_file(tmp)}@high"],
+     r"expert='high': this pipeline has one DiT"),
     ("fps_zero", lambda tmp: GEN + ["--fps", "0"], r"--fps=0: must be a whole number"),
     ("image_missing", lambda tmp: GEN + ["--image", tmp / "nope.png"], r"--image .*nope\.png: no such file"),
     ("image_not_an_image", lambda tmp: GEN + ["--image", _bad_image(tmp)], r"--image .*x\.png: not a readable image"),

@@ -9,6 +9,9 @@ The names below are the public API; everything else is reached through its modul
 """
 
 from wan22_jax.configs import TaskConfig, get_task
+from wan22_jax.lora.export import export_lora
+from wan22_jax.lora.load import LoraWeights, read_lora
+from wan22_jax.lora.ours import LoraConfig
 from wan22_jax.models.dit import DiTConfig
 from wan22_jax.models.step_cache import StepCache
 from wan22_jax.models.t5 import T5Config
@@ -24,5 +27,6 @@ __all__ = [
     "DiTConfig", "T5Config", "VAEConfig", "TaskConfig", "get_task",
     "Sampler", "FlowUniPC", "FlowDPMSolverPP", "FlowDDIM", "Euler", "Heun", "RK4", "get_sampler",
     "StepCache",
+    "read_lora", "LoraWeights", "export_lora", "LoraConfig",
     "__version__",
 ]

@@ -19,6 +19,8 @@ from wan22_jax.bench.timing import peak_bytes
 from wan22_jax.conditioning import check_frames
 from wan22_jax.configs import DTYPE_NAMES, TASKS
 from wan22_jax.errors import InputError, InputFileError
+from wan22_jax.lora.apply import expert_names
+from wan22_jax.lora.load import read_lora
 from wan22_jax.ops.options import add_kernel_arguments, kernels_from_args
 from wan22_jax.pipeline import Wan22Pipeline
 from wan22_jax.presets import PRESETS, random_pipeline
@@ -51,6 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="DiT dtype (default: the checkpoint task's: bf16 "
                    "for releases, fp32 for the embedded mini-world model)")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH][@high|@low]",
+                   help="a LoRA safetensors file (diffusers/PEFT, ComfyUI, LightX2V, musubi/kohya or `wan22 train`'s), "
+                   "merged before generating; STRENGTH default 1.0; @high/@low: one expert of an A14B model "
+                   "(default: every expert). Repeat for several")
+    p.add_argument("--lora-skip-unknown-keys", action="store_true", help="warn about and skip the keys of a --lora "
+                   "file that name no parameter of the DiT (default: an error naming them)")
     p.add_argument("--vae-tiling", action="store_true", help="decode in overlapping spatial tiles")
     p.add_argument("--mesh", metavar="SPEC", help="shard over a device mesh, e.g. fsdp=4,seq=2 (axes data, fsdp, "
                    "seq, tensor; the product must equal the device count)")
@@ -87,6 +95,40 @@ def read_embeds(path: str, flag: str) -> np.ndarray:
     if len(tensors) != 1:
         raise InputError(f"{flag} {path}: holds {len(tensors)} tensors ({sorted(tensors)}); expected one")
     return next(iter(tensors.values()))
+
+
+def parse_lora(text: str) -> tuple[Path, float, str | None]:
+    """"PATH[:STRENGTH][@high|@low]" -> (path, strength, expert); the file must exist. InputError otherwise."""
+    spec, expert = text, None
+    head, at, tail = spec.rpartition("@")
+    if at and tail in ("high", "low"):
+        spec, expert = head, tail
+    strength = 1.0
+    head, colon, tail = spec.rpartition(":")
+    if colon and not Path(spec).is_file():
+        try:
+            strength = float(tail)
+        except ValueError:
+            raise InputError(f"--lora {text!r}: strength {tail!r} is not a number (PATH[:STRENGTH][@high|@low])"
+                             ) from None
+        spec = head
+        if not np.isfinite(strength):
+            raise InputError(f"--lora {text!r}: strength must be a finite number")
+    if not Path(spec).is_file():
+        raise InputFileError(f"--lora {spec}: no such file (the syntax is PATH[:STRENGTH][@high|@low])")
+    return Path(spec), strength, expert
+
+
+def load_loras(pipe: Wan22Pipeline, specs: list[tuple[Path, float, str | None]], strict: bool = True
+               ) -> Wan22Pipeline:
+    """Every --lora read and checked against the pipeline first, then merged in order."""
+    weights = []
+    for path, strength, expert in specs:
+        expert_names(pipe.experts, expert)
+        weights.append((read_lora(path, pipe.dit_config, strict=strict), strength, expert))
+    for w, strength, expert in weights:
+        pipe = pipe.load_lora(w, strength=strength, expert=expert)
+    return pipe
 
 
 def read_image(path: str) -> Image.Image:
@@ -131,6 +173,7 @@ def main(args: argparse.Namespace) -> int:
     """Runs `wan22 generate`; the package's errors propagate to `wan22_jax.cli.main`, which prints them."""
     t0 = time.perf_counter()
     call = check_arguments(args)
+    loras = [parse_lora(text) for text in args.lora]
     kernels = kernels_from_args(args)
     if args.preset:
         pipe = random_pipeline(args.task or "ti2v-5B", seed=0).with_kernels(kernels)
@@ -139,6 +182,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         pipe = Wan22Pipeline.from_pretrained(args.checkpoint, task=args.task, mesh=args.mesh, dtype=args.dtype,
                                              kernels=kernels, progress=not args.quiet)
+    pipe = load_loras(pipe, loras, strict=not args.lora_skip_unknown_keys)
     if args.vae_tiling:
         pipe = pipe.with_vae_tiling()
     load_s = time.perf_counter() - t0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from wan22_jax.errors import CheckpointFormatError, ConfigError
+from wan22_jax.errors import CheckpointFormatError, ConfigError, InputFileError
 from wan22_jax.training import lora as L
 from wan22_jax.training.config import TrainConfig
 from wan22_jax.training.step import init_state, make_eval_loss, make_train_step
@@ -109,5 +109,5 @@ def test_file_round_trip_and_per_expert_merge(tmp_path, tiny_dit):
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
     with pytest.raises(CheckpointFormatError, match=r"bad\.safetensors"):
         L.load_lora(tmp_path / "bad.safetensors")
-    with pytest.raises(CheckpointFormatError, match="no such LoRA file"):
+    with pytest.raises(InputFileError, match="no such LoRA file"):
         L.load_lora(tmp_path / "missing.safetensors")

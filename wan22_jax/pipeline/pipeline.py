@@ -7,7 +7,7 @@
 A call runs four stages, each a function of explicit values: `validate_request` (request.py: every argument
 checked before any compute) -> `make_plan` (plan.py: the static DenoisePlan) -> `denoise` (denoise.py: the
 compiled loop, progress reported from outside it) -> `decode` (the VAE). The pipeline itself is immutable:
-`sharded(mesh)` and `with_vae_tiling(...)` return new pipelines.
+`sharded(mesh)`, `with_vae_tiling(...)` and `load_lora(...)` return new pipelines.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from wan22_jax.configs import TASK_FILE, TaskConfig, dtype_name, get_task, load_
 from wan22_jax.convert.dit import load_dit
 from wan22_jax.convert.vae import load_vae
 from wan22_jax.errors import InputError, InputFileError, UnknownTokenWarning
+from wan22_jax.lora.apply import expert_names, merge_into_experts
+from wan22_jax.lora.load import LoraWeights, read_lora
 from wan22_jax.models.dit import DiTConfig
 from wan22_jax.models.vae import encode
 from wan22_jax.models.vae_tiling import Tiling
@@ -190,6 +192,41 @@ class Wan22Pipeline:
         experts = {n: retarget(g, s) for n, (g, s) in self.experts.items()}
         text_encoder = None if self.text_encoder is None else self.text_encoder.with_kernels(kernels)
         return dataclasses.replace(self, experts=experts, vae=retarget(*self.vae), text_encoder=text_encoder)
+
+    def load_lora(self, path: "str | os.PathLike | LoraWeights", strength: float = 1.0, expert: str | None = None,
+                  merge: bool = True, strict: bool = True) -> "Wan22Pipeline":
+        """A new pipeline with a LoRA merged into its DiT expert(s); this pipeline is unchanged. Chain calls for
+        several LoRAs (each with its strength; on A14B each expert its own files and strengths).
+
+        Args:
+          path: a LoRA safetensors file in any known format (diffusers/PEFT, ComfyUI and LightX2V, musubi/kohya,
+            `wan22 train`'s; see `wan22_jax.lora.formats`), or LoraWeights from `wan22_jax.lora.read_lora`.
+          strength: multiplies the update (1.0: as trained; 0: no change). expert: None (every expert), or
+            "high" / "low" for one expert of an A14B pipeline.
+          merge: True merges into the weights (no cost per step). False is refused: the compiled loop takes
+            merged weights; apply `wan22_jax.lora.apply_deltas` inside your own jitted forward for unmerged use.
+          strict: a key that matches no parameter of this DiT is an error (False: a warning, skipped).
+        Returns:
+          The new pipeline. Raises, before any weight changes: InputError (a bad argument), InputFileError (no
+          such file), CheckpointFormatError (not safetensors), WeightMappingError (unknown key or format,
+          unpaired factor, shape mismatch with this DiT).
+        """
+        names = expert_names(self.experts, expert)
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not np.isfinite(strength):
+            raise InputError(f"strength={strength!r}: expected a finite number")
+        if not merge:
+            raise InputError("merge=False: the pipeline's compiled loop runs merged weights; for an unmerged LoRA "
+                             "call wan22_jax.lora.apply_deltas(params, [(read_lora(...).deltas, strength)]) inside "
+                             "your own jitted forward")
+        if isinstance(path, LoraWeights):
+            weights = path
+            if weights.dit_config != self.dit_config:
+                raise InputError(f"LoRA {weights.source} was read for another DiT config; read it with this "
+                                 "pipeline's dit_config")
+        else:
+            weights = read_lora(path, self.dit_config, strict=strict)
+        experts = merge_into_experts(self.experts, {n: [(weights.deltas, float(strength))] for n in names})
+        return dataclasses.replace(self, experts=experts)
 
     def with_vae_tiling(self, tile: int | None = 256, overlap: int = 64) -> "Wan22Pipeline":
         """A new pipeline that decodes/encodes in overlapping spatial tiles (bounded memory; not bit-exact, see

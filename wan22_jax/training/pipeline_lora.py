@@ -1,6 +1,7 @@
 """LoRA fine-tuning of a loaded pipeline's DiT on your own clips: encode them with the pipeline's VAE and
 text encoder, train adapters with the base frozen (the same jitted `train_step` as full training), then save
-them or merge them into the pipeline (`lora.merge_into_pipeline`, any scale).
+them (`lora.save_lora`, which `Wan22Pipeline.load_lora` reads; `wan22_jax.lora.export_lora` writes them for
+ComfyUI / diffusers) or merge them into the pipeline in place (`lora.merge_into_pipeline`, any scale).
 
     lora, cfg = train_pipeline_lora(pipe, videos, prompts, LoraConfig(rank=4), TrainConfig(lr=3e-3, ...))
     merge_into_pipeline(pipe, {"model": (lora, cfg)})

@@ -1,0 +1,20 @@
+"""LoRAs on the Wan DiT: the community's files (diffusers/PEFT, ComfyUI and LightX2V, musubi/kohya, ours) read
+onto our parameter paths, merged into the weights or applied unmerged, and ours exported to those layouts.
+
+    pipe = pipe.load_lora("style.safetensors", strength=0.8)              # a new pipeline, weights merged
+    pipe = pipe.load_lora("lightning_high.safetensors", expert="high")    # A14B: one expert
+    weights = read_lora("style.safetensors", pipe.dit_config)             # the mapped deltas, checked
+    export_lora("mine.safetensors", lora, lora_cfg, dit_cfg, "comfyui")   # our trained adapters, for ComfyUI
+
+Files: formats.py (detection, key tables), ours.py (`wan22 train`'s file), load.py (reading + mapping),
+apply.py (merged / unmerged arithmetic), export.py (writing ComfyUI / diffusers files).
+"""
+
+from wan22_jax.lora.apply import apply_deltas, merge_into_experts, merge_state
+from wan22_jax.lora.export import expert_path, export_lora, export_lora_file
+from wan22_jax.lora.formats import FORMATS, detect_format
+from wan22_jax.lora.load import LoraWeights, read_lora
+from wan22_jax.lora.ours import LoraConfig
+
+__all__ = ["FORMATS", "LoraConfig", "LoraWeights", "apply_deltas", "detect_format", "expert_path", "export_lora", "export_lora_file",
+           "merge_into_experts", "merge_state", "read_lora"]

@@ -102,8 +102,8 @@ def _velocity_fn(graphdef, plan: DenoisePlan, states, kvs, inputs: DenoiseInputs
             # both CFG branches in one batch, so one skip decision covers them; each expert has its own slot
             tt = _model_time(t, plan, b)
             xm = x.astype(jnp.float32)
-            out, c = plan.step_cache.forward(model, caches[slot], _doubled(xm), _doubled(tt), context_kv=kv,
-                                             y=_doubled(y))
+            out, c = plan.step_cache.forward(model, caches[slot], _doubled(xm), _doubled(tt), step=i,
+                                             context_kv=kv, y=_doubled(y))
             caches = tuple(c if k == slot else old for k, old in enumerate(caches))
             return (out[:b], out[b:]), caches
 

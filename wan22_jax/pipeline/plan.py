@@ -30,7 +30,8 @@ class DenoisePlan:
       batch_cfg: run the cond and uncond branches as one batch.
       return_trajectory: also return per-step samples and velocities.
       check_finite: track the first step whose sample holds a NaN or Inf.
-      step_cache: a `models.step_cache.StepCache`, or None.
+      step_cache: a `models.step_cache.StepCache`, a resolved `models.mag_cache.MagCache` (or
+        `MagCalibration`), or None.
     """
 
     sampler: Any

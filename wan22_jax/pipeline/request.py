@@ -20,6 +20,7 @@ from wan22_jax import conditioning as cond
 from wan22_jax.configs import TaskConfig
 from wan22_jax.errors import InputError, UnusualInputWarning
 from wan22_jax.models.dit import DiTConfig
+from wan22_jax.models.mag_cache import MagCache, MagCalibration
 from wan22_jax.models.step_cache import StepCache
 from wan22_jax.pipeline.progress import Progress
 from wan22_jax.samplers import get_sampler, make_schedule, official_schedule
@@ -27,6 +28,7 @@ from wan22_jax.samplers.schedule import Schedule
 
 OFFICIAL_SOLVERS = ("unipc", "dpm++")
 OUTPUT_TYPES = ("video", "np", "pil", "latent")
+STEP_CACHES = (StepCache, MagCache, MagCalibration)
 SEED_LIMIT = 2**32  # jax.random.key(seed) keeps the low 32 bits: 2**32 would repeat seed 0
 # callback_on_step_end(step, t, latents): after each step, from the host; step counts from 0, t is the model
 # timestep of that step, latents the [B, z, F', h, w] sample after it
@@ -74,7 +76,7 @@ class Request:
     batch_cfg: bool
     output_type: str
     return_trajectory: bool
-    step_cache: StepCache | None
+    step_cache: StepCache | MagCache | MagCalibration | None  # a MagCache resolved for this run
     progress: Progress
     callback: StepCallback | None = None
 
@@ -168,6 +170,33 @@ def _warn_unusual(task: TaskConfig, scale: tuple[float, float], explicit_negativ
                       " expect degraded videos", UnusualInputWarning, stacklevel=4)
 
 
+def expert_starts(schedule: Schedule, task: TaskConfig) -> tuple[int, ...]:
+    """The first step of each expert's run of steps: (0,) for one DiT; (0, k) for A14B, k the first step whose
+    timestep is below boundary * T (the switch test of `samplers.expert_switch`), (0,) if none is."""
+    if not task.two_experts:
+        return (0,)
+    t = schedule.node_times()[:schedule.steps]
+    k = int(np.sum(t >= task.boundary * task.num_train_timesteps))
+    return (0, k) if 0 < k < schedule.steps else (0,)
+
+
+def _resolve_step_cache(step_cache, sampler, schedule: Schedule, task: TaskConfig):
+    """A MagCache resolved for this run (ratios resampled to the steps, expert starts); others unchanged."""
+    if not isinstance(step_cache, (MagCache, MagCalibration)):
+        return step_cache
+    if sampler.nfe(schedule.steps) != schedule.steps:
+        raise InputError(f"step_cache={type(step_cache).__name__}: its ratio curve is per step, so it needs a "
+                         f"sampler that evaluates the model once per step ({type(sampler).__name__} makes "
+                         f"{sampler.nfe(schedule.steps)} evaluations in {schedule.steps} steps); use unipc, dpm++, "
+                         "euler or ddim")
+    if isinstance(step_cache, MagCalibration):
+        if step_cache.steps != schedule.steps:
+            raise InputError(f"MagCalibration(steps={step_cache.steps}) for a run of {schedule.steps} steps: "
+                             "give the run's step count")
+        return step_cache
+    return step_cache.resolved(schedule.steps, expert_starts(schedule, task))
+
+
 def make_sampler(solver: str, steps: int, shift: float, eta: float, num_train_timesteps: int):
     """(sampler, schedule): the official schedule for "unipc" / "dpm++", the shifted linear one otherwise."""
     if not isinstance(solver, str):
@@ -240,8 +269,9 @@ def validate_request(task: TaskConfig, dit_config: DiTConfig, z_dim: int, *, has
         raise InputError(f"task {task.name} is text-to-video: it takes no image")
     if image is None and task.mode == "i2v":
         raise InputError(f"task {task.name} needs an image")
-    if step_cache is not None and not isinstance(step_cache, StepCache):
-        raise InputError(f"step_cache={step_cache!r}: give a wan22_jax.models.step_cache.StepCache or None")
+    if step_cache is not None and not isinstance(step_cache, STEP_CACHES):
+        raise InputError(f"step_cache={step_cache!r}: give a wan22_jax.models.step_cache.StepCache, a "
+                         "wan22_jax.models.mag_cache.MagCache (or MagCalibration), or None")
     if step_cache is not None and not batch_cfg:
         raise InputError("step_cache needs batch_cfg=True (one skip decision for both CFG branches)")
     if output_type not in OUTPUT_TYPES:
@@ -264,6 +294,7 @@ def validate_request(task: TaskConfig, dit_config: DiTConfig, z_dim: int, *, has
         raise InputError(f"eta={eta!r}: must be a number in [0, 1]")
     sampler, schedule = make_sampler(solver, steps, shift, float(eta), task.num_train_timesteps)
     tables = {k: np.asarray(v) for k, v in sampler.tables(schedule).items()}  # raises on invalid coefficients
+    step_cache = _resolve_step_cache(step_cache, sampler, schedule, task)
     seed, noise_key = _key(seed, key)
 
     # ---- sizes (from the image and max_area for image tasks, as the official code) and the image itself

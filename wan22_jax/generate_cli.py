@@ -22,6 +22,7 @@ from wan22_jax.errors import InputError, InputFileError
 from wan22_jax.ops.options import add_kernel_arguments, kernels_from_args
 from wan22_jax.pipeline import Wan22Pipeline
 from wan22_jax.presets import PRESETS, random_pipeline
+from wan22_jax.samplers.presets import preset_names
 from wan22_jax.video import check_fps
 
 EMBED_SUFFIXES = (".safetensors", ".npy")
@@ -44,7 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", help="WxH in pixels, e.g. 1280x704 (default: the task's)")
     p.add_argument("--frames", type=int, help="1 + 4k frames (default: the task's)")
     p.add_argument("--steps", type=int)
-    p.add_argument("--solver", default="unipc", help="unipc, dpm++, euler, heun, rk4, ddim, dpm++-sde")
+    p.add_argument("--solver", help="unipc (default), dpm++, euler, heun, rk4, ddim, dpm++-sde")
+    p.add_argument("--sampler-preset", choices=preset_names(), help="a named recipe (sampler, steps, shift, "
+                   "guidance) such as the 4-step distillation LoRAs' lightning-4step; --steps/--shift/"
+                   "--guide-scale still override it")
     p.add_argument("--shift", type=float)
     p.add_argument("--guide-scale", type=float, nargs="+", help="one value, or low-noise high-noise for A14B")
     p.add_argument("--eta", type=float, default=0.0, help="noise re-injection of --solver ddim")
@@ -108,6 +112,9 @@ def check_arguments(args: argparse.Namespace) -> dict:
         check_frames(args.frames)
     if args.fps is not None:
         check_fps(args.fps, "--fps")
+    if args.solver is not None and args.sampler_preset is not None:
+        raise InputError(f"--solver {args.solver} and --sampler-preset {args.sampler_preset}: give one (the preset "
+                         "names its sampler)")
     if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps {args.steps}: must be a whole number >= 1")
     if Path(args.out).suffix.lower() not in (".mp4", ".mov", ".mkv", ".webm", ".gif"):
@@ -123,7 +130,7 @@ def check_arguments(args: argparse.Namespace) -> dict:
                                         else read_embeds(args.negative_prompt_embeds, "--negative-prompt-embeds")),
                 image=None if args.image is None else read_image(args.image), num_frames=args.frames,
                 height=height, width=width, num_inference_steps=args.steps, guidance_scale=scale,
-                solver=args.solver, shift=args.shift, eta=args.eta, seed=args.seed, progress=not args.quiet,
+                solver=args.sampler_preset or args.solver or "unipc", shift=args.shift, eta=args.eta, seed=args.seed, progress=not args.quiet,
                 check_memory=not args.no_memory_check)
 
 

@@ -23,7 +23,8 @@ from wan22_jax.models.dit import DiTConfig
 from wan22_jax.models.mag_cache import MagCache, MagCalibration
 from wan22_jax.models.step_cache import StepCache
 from wan22_jax.pipeline.progress import Progress
-from wan22_jax.samplers import get_sampler, make_schedule, official_schedule
+from wan22_jax.samplers import get_sampler, make_schedule, official_schedule, sampler_names
+from wan22_jax.samplers.presets import SAMPLER_PRESETS
 from wan22_jax.samplers.schedule import Schedule
 
 OFFICIAL_SOLVERS = ("unipc", "dpm++")
@@ -198,13 +199,20 @@ def _resolve_step_cache(step_cache, sampler, schedule: Schedule, task: TaskConfi
 
 
 def make_sampler(solver: str, steps: int, shift: float, eta: float, num_train_timesteps: int):
-    """(sampler, schedule): the official schedule for "unipc" / "dpm++", the shifted linear one otherwise."""
+    """(sampler, schedule): the official schedule for "unipc" / "dpm++", a preset's (`samplers.presets`) for a
+    preset name, the shifted linear one otherwise."""
     if not isinstance(solver, str):
         raise InputError(f"solver={solver!r}: give a sampler name")
     if eta and solver != "ddim":
         raise InputError(f"eta={eta} only applies to solver='ddim'")
     if solver in OFFICIAL_SOLVERS:
         return get_sampler(solver), official_schedule(solver, steps, shift, num_train_timesteps=num_train_timesteps)
+    if solver in SAMPLER_PRESETS:
+        preset = SAMPLER_PRESETS[solver]
+        return get_sampler(preset.sampler), preset.schedule(steps, shift, num_train_timesteps=num_train_timesteps)
+    if solver not in sampler_names():
+        raise InputError(f"unknown sampler {solver!r}; valid: {sampler_names()}, or a preset: "
+                         f"{sorted(SAMPLER_PRESETS)}")
     kwargs = {"eta": eta} if solver == "ddim" else {}
     return get_sampler(solver, **kwargs), make_schedule(steps, shift=shift, num_train_timesteps=num_train_timesteps)
 
@@ -285,6 +293,11 @@ def validate_request(task: TaskConfig, dit_config: DiTConfig, z_dim: int, *, has
     # ---- sampling
     num_frames = task.frame_num if num_frames is None else num_frames
     cond.check_frames(num_frames, task.vae_stride[0])
+    preset = SAMPLER_PRESETS.get(solver) if isinstance(solver, str) else None
+    if preset is not None:  # the preset's settings replace the task's defaults; explicit arguments still win
+        num_inference_steps = preset.steps if num_inference_steps is None else num_inference_steps
+        shift = preset.shift if shift is None else shift
+        guidance_scale = preset.guidance_scale if guidance_scale is None else guidance_scale
     steps = _int(task.sample_steps if num_inference_steps is None else num_inference_steps,
                  "num_inference_steps", low=1)
     shift = task.sample_shift if shift is None else _positive(shift, "shift", " (the tasks use 3 to 12)")

@@ -20,6 +20,7 @@ from wan22_jax.conditioning import check_frames
 from wan22_jax.configs import DTYPE_NAMES, TASKS
 from wan22_jax.errors import InputError, InputFileError
 from wan22_jax.ops.options import add_kernel_arguments, kernels_from_args
+from wan22_jax.ops.quant import WEIGHT_MODES
 from wan22_jax.pipeline import Wan22Pipeline
 from wan22_jax.presets import PRESETS, random_pipeline
 from wan22_jax.samplers.presets import preset_names
@@ -55,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="DiT dtype (default: the checkpoint task's: bf16 "
                    "for releases, fp32 for the embedded mini-world model)")
+    p.add_argument("--weights", choices=WEIGHT_MODES, help="weight-only quantisation of the DiT and text encoder "
+                   "Linears (one scale per output channel): int8 or fp8 (e4m3); default: the checkpoint's dtype")
     p.add_argument("--vae-tiling", action="store_true", help="decode in overlapping spatial tiles")
     p.add_argument("--mesh", metavar="SPEC", help="shard over a device mesh, e.g. fsdp=4,seq=2 (axes data, fsdp, "
                    "seq, tensor; the product must equal the device count)")
@@ -146,6 +149,8 @@ def main(args: argparse.Namespace) -> int:
     else:
         pipe = Wan22Pipeline.from_pretrained(args.checkpoint, task=args.task, mesh=args.mesh, dtype=args.dtype,
                                              kernels=kernels, progress=not args.quiet)
+    if args.weights:
+        pipe = pipe.quantized(args.weights)
     if args.vae_tiling:
         pipe = pipe.with_vae_tiling()
     load_s = time.perf_counter() - t0

@@ -7,7 +7,7 @@
 A call runs four stages, each a function of explicit values: `validate_request` (request.py: every argument
 checked before any compute) -> `make_plan` (plan.py: the static DenoisePlan) -> `denoise` (denoise.py: the
 compiled loop, progress reported from outside it) -> `decode` (the VAE). The pipeline itself is immutable:
-`sharded(mesh)` and `with_vae_tiling(...)` return new pipelines.
+`sharded(mesh)`, `with_vae_tiling(...)` and `quantized(...)` return new pipelines.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from wan22_jax.models.dit import DiTConfig
 from wan22_jax.models.vae import encode
 from wan22_jax.models.vae_tiling import Tiling
 from wan22_jax.ops import XLA, Kernels, with_kernels
+from wan22_jax.ops.quant import check_mode, quantize_module
 from wan22_jax.pipeline.denoise import DenoiseInputs, denoise, program_memory
 from wan22_jax.pipeline.files import (EXPERTS, check_json_files, default_checkpoint, load_text_encoder,
                                       save_pipeline)
@@ -190,6 +191,23 @@ class Wan22Pipeline:
         experts = {n: retarget(g, s) for n, (g, s) in self.experts.items()}
         text_encoder = None if self.text_encoder is None else self.text_encoder.with_kernels(kernels)
         return dataclasses.replace(self, experts=experts, vae=retarget(*self.vae), text_encoder=text_encoder)
+
+    def quantized(self, weights: str) -> "Wan22Pipeline":
+        """A new pipeline whose DiT experts and text encoder hold weight-only quantised Linears ("int8" or
+        "fp8" e4m3, one scale per output channel: `ops.quant`); activations keep the pipeline's dtype, the VAE is
+        unchanged. Apply LoRAs before quantising. This pipeline is unchanged."""
+        check_mode(weights)
+
+        def quantize(graphdef, state, kind):
+            g, s = nnx.split(quantize_module(nnx.merge(graphdef, state), weights))
+            return g, (s if self.mesh is None else place_state(s, kind, self.mesh))
+
+        experts = {n: quantize(g, s, "dit") for n, (g, s) in self.experts.items()}
+        text_encoder = self.text_encoder
+        if text_encoder is not None:
+            text_encoder = TextEncoder(quantize_module(text_encoder.model(), weights), text_encoder.tokenizer,
+                                       cache_size=text_encoder.cache_size)
+        return dataclasses.replace(self, experts=experts, text_encoder=text_encoder)
 
     def with_vae_tiling(self, tile: int | None = 256, overlap: int = 64) -> "Wan22Pipeline":
         """A new pipeline that decodes/encodes in overlapping spatial tiles (bounded memory; not bit-exact, see

@@ -14,6 +14,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from wan22_jax import generate_cli
 from wan22_jax.errors import InputError
+from wan22_jax.models.step_cache import StepCache
 from wan22_jax.pipeline.plan import make_plan
 from wan22_jax.pipeline.request import validate_request
 from wan22_jax.presets import random_pipeline
@@ -78,6 +79,11 @@ def test_pipeline_preset_runs_without_the_unconditional_branch():
     eight = validate_request(pipe.task, pipe.dit_config, pipe.vae_config.z_dim, has_text_encoder=True,
                              solver="lightning-4step", num_inference_steps=8, **kw)
     assert eight.steps == 8 and eight.guidance_scale == (1.0, 1.0)
+    # a step cache on the single (unguided) batch: per expert, step 0 runs and step 1 reuses its residual
+    cached = pipe(solver="lightning-4step", step_cache=StepCache(threshold=1e9, max_skips=1, warmup=1), **kw)
+    assert cached.skipped_steps == 2
+    never = pipe(solver="lightning-4step", step_cache=StepCache(threshold=0.0), **kw)
+    np.testing.assert_array_equal(never.latents, fast.latents)
 
 
 def test_cli_preset_flag():

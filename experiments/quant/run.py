@@ -1,7 +1,7 @@
 """Weight-only int8 / fp8 quantisation (`wan22_jax.ops.quant`): output error at full width and video PSNR on the
 mini-world model.
 
-    python experiments/quant/run.py [--tokens 256] [--out experiments/quant/results]
+    python experiments/quant/run.py [--tokens 256] [--parts mini-world,t5,dit] [--out experiments/quant/results]
 
 1. Full-width layers with random weights (kernels N(0, 1/fan_in), the reference cases' scheme): one A14B DiT block
    (width 5120, FFN 13824, 40 heads; patch embedding, time MLPs and head around it) on 256 video tokens and 64
@@ -85,6 +85,11 @@ def t5_rows() -> list[dict]:
                      **errors(q(ids, mask), ref), "param_bytes": weight_bytes(q),
                      "param_bytes_fp32": weight_bytes(model)})
         print(rows[-1], flush=True)
+    del model
+    bf = random_t5(cfg, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    rows.append({"what": rows[0]["what"], "weights": "bf16", "compute": "bf16", **errors(bf(ids, mask), ref),
+                 "param_bytes": weight_bytes(bf), "param_bytes_fp32": rows[0]["param_bytes_fp32"]})
+    print(rows[-1], flush=True)
     return rows
 
 
@@ -116,14 +121,14 @@ def mini_world_rows() -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=256)
-    ap.add_argument("--skip-full-width", action="store_true")
+    ap.add_argument("--parts", default="mini-world,t5,dit", help="which rows to compute (comma-separated)")
     ap.add_argument("--out", default="experiments/quant/results")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = mini_world_rows()
-    if not args.skip_full_width:
-        rows += t5_rows() + dit_rows(args.tokens)
+    parts = args.parts.split(",")
+    rows = ((mini_world_rows() if "mini-world" in parts else []) + (t5_rows() if "t5" in parts else [])
+            + (dit_rows(args.tokens) if "dit" in parts else []))
     keys = ["what", "weights", "compute", "max_rel", "rms_rel", "psnr_db", "acc_all", "param_bytes",
             "param_bytes_fp32"]
     with open(out / "quant.csv", "w", newline="") as f:

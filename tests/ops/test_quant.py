@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from wan22_jax.cli import main as cli_main
 from wan22_jax.errors import InputError
 from wan22_jax.models.dit import DIT_PRESETS, random_dit
 from wan22_jax.ops.matmul import matmul, quantized_matmul
 from wan22_jax.ops.quant import dequantize_weight, quantize_module, quantize_weight, weight_bytes
 from wan22_jax.presets import random_pipeline
+from wan22_jax.video import read_video
 
 
 def _weights(shape=(3, 64, 48), seed=0):
@@ -105,3 +107,11 @@ def test_pipeline_quantized():
     np.testing.assert_array_equal(pipe(**kw).latents, ref)  # the original pipeline is unchanged
     with pytest.raises(InputError, match="weights="):
         pipe.quantized("int4")
+
+
+def test_generate_with_quantised_weights_and_a_sampler_preset(tmp_path):
+    # the two new `wan22 generate` flags together, in-process
+    out = tmp_path / "v.mp4"
+    code = cli_main(["generate", "--preset", "tiny-random", "--prompt", "a red circle", "--frames", "5",
+                     "--weights", "fp8", "--sampler-preset", "lightning-4step", "--quiet", "--out", str(out)])
+    assert code == 0 and read_video(out).shape == (5, 64, 64, 3)

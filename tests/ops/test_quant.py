@@ -96,7 +96,7 @@ def test_bad_mode_and_nothing_selected():
         quantize_module(model, "int8", where=lambda path: False)
 
 
-def test_pipeline_quantized():
+def test_pipeline_quantized(tmp_path):
     pipe = random_pipeline("ti2v-5B")
     kw = dict(prompt="a red circle", num_inference_steps=4, seed=0, output_type="latent", progress=False)
     ref = pipe(**kw).latents
@@ -107,6 +107,9 @@ def test_pipeline_quantized():
     np.testing.assert_array_equal(pipe(**kw).latents, ref)  # the original pipeline is unchanged
     with pytest.raises(InputError, match="weights="):
         pipe.quantized("int4")
+    with pytest.raises(InputError, match="quantised weights"):
+        q.save_pretrained(tmp_path / "q")
+    assert not (tmp_path / "q").exists()
 
 
 def test_generate_with_quantised_weights_and_a_sampler_preset(tmp_path):

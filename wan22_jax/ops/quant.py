@@ -90,6 +90,12 @@ def quantize_module(module: nnx.Module, mode: str,
     return copy
 
 
+def is_quantized(state) -> bool:
+    """Whether a module's state (any pytree of its parameters) holds a quantised layer (a `weight_scale`)."""
+    paths = jax.tree_util.tree_flatten_with_path(state)[0]
+    return any("weight_scale" in jax.tree_util.keystr(path) for path, _ in paths)
+
+
 def weight_bytes(module: nnx.Module) -> int:
     """Bytes of every parameter of `module` (stored values and scales included)."""
     return sum(leaf.nbytes for leaf in jax.tree.leaves(nnx.state(module, nnx.Param)))

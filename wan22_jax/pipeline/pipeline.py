@@ -33,7 +33,7 @@ from wan22_jax.models.dit import DiTConfig
 from wan22_jax.models.vae import encode
 from wan22_jax.models.vae_tiling import Tiling
 from wan22_jax.ops import XLA, Kernels, with_kernels
-from wan22_jax.ops.quant import check_mode, quantize_module
+from wan22_jax.ops.quant import check_mode, is_quantized, quantize_module
 from wan22_jax.pipeline.denoise import DenoiseInputs, denoise, program_memory
 from wan22_jax.pipeline.files import (EXPERTS, check_json_files, default_checkpoint, load_text_encoder,
                                       save_pipeline)
@@ -169,7 +169,13 @@ class Wan22Pipeline:
           path: a folder that does not exist yet.
         Returns:
           The folder written.
+        Raises:
+          InputError: the pipeline is quantised (`quantized`): the checkpoint formats hold full-precision weights;
+            save the pipeline before quantising and quantise after loading.
         """
+        if any(is_quantized(s) for _, s in self.experts.values()):
+            raise InputError("save_pretrained: this pipeline holds quantised weights, which the checkpoint formats "
+                             "do not store; save the unquantised pipeline and call quantized() after loading")
         return save_pipeline(self, path)
 
     # ------------------------------------------------------------------------------------------ new pipelines

@@ -14,7 +14,10 @@ document as:
 * A14B: the experts switch at the task's boundary as usual (t2v 0.875: two high-noise steps, two low-noise).
 
 That schedule equals diffusers' `FlowMatchEulerDiscreteScheduler(shift=5)` given the unshifted sigmas
-`set_timesteps(sigmas=[1, 0.75, 0.5, 0.25])` (tests/samplers/test_presets.py checks it).
+`set_timesteps(sigmas=[1, 0.75, 0.5, 0.25])` (tests/samplers/test_presets.py checks it), and ComfyUI's usual
+workflow for these LoRAs (sampler "euler", scheduler "simple", shift 5: "simple" takes every (1000 / N)-th of the
+1000 shifted training sigmas from the top, the same four). diffusers' default `set_timesteps(4)` does not: it
+spaces the timesteps from 1000 down to the smallest shifted training sigma and shifts again.
 
     pipe(prompt=..., solver="lightning-4step")      # steps, shift and guidance from the preset
     wan22 generate --sampler-preset lightning-4step ...

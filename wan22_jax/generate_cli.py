@@ -133,8 +133,8 @@ def check_arguments(args: argparse.Namespace) -> dict:
                                         else read_embeds(args.negative_prompt_embeds, "--negative-prompt-embeds")),
                 image=None if args.image is None else read_image(args.image), num_frames=args.frames,
                 height=height, width=width, num_inference_steps=args.steps, guidance_scale=scale,
-                solver=args.sampler_preset or args.solver or "unipc", shift=args.shift, eta=args.eta, seed=args.seed, progress=not args.quiet,
-                check_memory=not args.no_memory_check)
+                solver=args.sampler_preset or args.solver or "unipc", shift=args.shift, eta=args.eta,
+                seed=args.seed, progress=not args.quiet, check_memory=not args.no_memory_check)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -22,8 +22,10 @@ from wan22_jax.errors import InputError, InputFileError
 from wan22_jax.lora.apply import expert_names
 from wan22_jax.lora.load import read_lora
 from wan22_jax.ops.options import add_kernel_arguments, kernels_from_args
+from wan22_jax.ops.quant import WEIGHT_MODES
 from wan22_jax.pipeline import Wan22Pipeline
 from wan22_jax.presets import PRESETS, random_pipeline
+from wan22_jax.samplers.presets import preset_names
 from wan22_jax.video import check_fps
 
 EMBED_SUFFIXES = (".safetensors", ".npy")
@@ -46,7 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", help="WxH in pixels, e.g. 1280x704 (default: the task's)")
     p.add_argument("--frames", type=int, help="1 + 4k frames (default: the task's)")
     p.add_argument("--steps", type=int)
-    p.add_argument("--solver", default="unipc", help="unipc, dpm++, euler, heun, rk4, ddim, dpm++-sde")
+    p.add_argument("--solver", help="unipc (default), dpm++, euler, heun, rk4, ddim, dpm++-sde")
+    p.add_argument("--sampler-preset", choices=preset_names(), help="a named recipe (sampler, steps, shift, "
+                   "guidance) such as the 4-step distillation LoRAs' lightning-4step; --steps/--shift/"
+                   "--guide-scale still override it")
     p.add_argument("--shift", type=float)
     p.add_argument("--guide-scale", type=float, nargs="+", help="one value, or low-noise high-noise for A14B")
     p.add_argument("--eta", type=float, default=0.0, help="noise re-injection of --solver ddim")
@@ -59,6 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: every expert). Repeat for several")
     p.add_argument("--lora-skip-unknown-keys", action="store_true", help="warn about and skip the keys of a --lora "
                    "file that name no parameter of the DiT (default: an error naming them)")
+    p.add_argument("--weights", choices=WEIGHT_MODES, help="weight-only quantisation of the DiT and text encoder "
+                   "Linears (one scale per output channel): int8 or fp8 (e4m3); default: the checkpoint's dtype")
     p.add_argument("--vae-tiling", action="store_true", help="decode in overlapping spatial tiles")
     p.add_argument("--mesh", metavar="SPEC", help="shard over a device mesh, e.g. fsdp=4,seq=2 (axes data, fsdp, "
                    "seq, tensor; the product must equal the device count)")
@@ -150,6 +157,9 @@ def check_arguments(args: argparse.Namespace) -> dict:
         check_frames(args.frames)
     if args.fps is not None:
         check_fps(args.fps, "--fps")
+    if args.solver is not None and args.sampler_preset is not None:
+        raise InputError(f"--solver {args.solver} and --sampler-preset {args.sampler_preset}: give one (the preset "
+                         "names its sampler)")
     if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps {args.steps}: must be a whole number >= 1")
     if Path(args.out).suffix.lower() not in (".mp4", ".mov", ".mkv", ".webm", ".gif"):
@@ -165,8 +175,8 @@ def check_arguments(args: argparse.Namespace) -> dict:
                                         else read_embeds(args.negative_prompt_embeds, "--negative-prompt-embeds")),
                 image=None if args.image is None else read_image(args.image), num_frames=args.frames,
                 height=height, width=width, num_inference_steps=args.steps, guidance_scale=scale,
-                solver=args.solver, shift=args.shift, eta=args.eta, seed=args.seed, progress=not args.quiet,
-                check_memory=not args.no_memory_check)
+                solver=args.sampler_preset or args.solver or "unipc", shift=args.shift, eta=args.eta,
+                seed=args.seed, progress=not args.quiet, check_memory=not args.no_memory_check)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -183,6 +193,8 @@ def main(args: argparse.Namespace) -> int:
         pipe = Wan22Pipeline.from_pretrained(args.checkpoint, task=args.task, mesh=args.mesh, dtype=args.dtype,
                                              kernels=kernels, progress=not args.quiet)
     pipe = load_loras(pipe, loras, strict=not args.lora_skip_unknown_keys)
+    if args.weights:
+        pipe = pipe.quantized(args.weights)
     if args.vae_tiling:
         pipe = pipe.with_vae_tiling()
     load_s = time.perf_counter() - t0

@@ -26,6 +26,7 @@ from wan22_jax.errors import ConfigError, InputError
 from wan22_jax.models.vae_tiling import Tiling
 from wan22_jax.ops import Kernels
 from wan22_jax.ops.kernels import ATTENTIONS
+from wan22_jax.ops.quant import WEIGHT_MODES
 from wan22_jax.sharding.rules import MESH_AXES, parse_mesh_spec
 
 ATTENTION_KERNELS = tuple(a for a in ATTENTIONS if a != "cpu")  # the CPU kernels never run on a target
@@ -46,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", default="xla", choices=ATTENTION_KERNELS,
                    help="attention kernel: cudnn for NVIDIA, splash for TPU, xla anywhere")
     p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    p.add_argument("--weights", default=None, choices=WEIGHT_MODES,
+                   help="weight-only quantised DiT and text-encoder Linears (default: --dtype weights)")
     p.add_argument("--models", default="full", choices=("full", "tiny"),
                    help="full-size release models, or the tiny test ones (smoke runs)")
     p.add_argument("--image", action="store_true", help="ti2v: with an input image (adds the VAE encode)")
@@ -77,7 +80,7 @@ def make_plan(args: argparse.Namespace, devices: list) -> Plan:
         raise InputError(f"--offload-experts: task {task.name} has one DiT")
     return Plan(task, models_for(task, args.models), width, height, args.frames or task.frame_num,
                 DTYPES[args.dtype], Kernels(attention=args.attention), mesh, steps=args.steps, image=args.image,
-                vae_tiling=tiling, offload_experts=args.offload_experts)
+                vae_tiling=tiling, offload_experts=args.offload_experts, weights=args.weights)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -89,7 +92,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     mesh_text = ",".join(f"{k}={v}" for k, v in plan.mesh.shape.items() if v > 1) or "one device"
-    print(f"{args.task} {plan.width}x{plan.height}x{plan.frames} {args.dtype} on {target.name} "
+    weights = f" ({args.weights} weights)" if args.weights else ""
+    print(f"{args.task} {plan.width}x{plan.height}x{plan.frames} {args.dtype}{weights} on {target.name} "
           f"({len(devices)} x {devices[0].device_kind}, mesh {mesh_text}, attention {args.attention}): "
           f"{args.program}", flush=True)
     reports = []
@@ -107,7 +111,7 @@ def main(args: argparse.Namespace) -> int:
           f"{target.memory / 2**30:.2f} GiB per device")
     if args.json:
         doc = {"command": " ".join(sys.argv), "target": target.name, "task": args.task, "program": args.program,
-               "mesh": dict(plan.mesh.shape), "attention": args.attention, "dtype": args.dtype,
+               "mesh": dict(plan.mesh.shape), "attention": args.attention, "dtype": args.dtype, "weights": args.weights,
                "size": [plan.width, plan.height, plan.frames], "fits": fits,
                "stages": [r.to_json() for r in reports]}
         text = json.dumps(doc, indent=1)

@@ -28,11 +28,12 @@ from wan22_jax.configs import TaskConfig
 from wan22_jax.flops import dit_forward_flops, jaxpr_flops, t5_forward_flops
 from wan22_jax.models import vae as vae_api
 from wan22_jax.models.dit import DIT_PRESETS, DiTConfig, WanModel
-from wan22_jax.models.t5 import abstract_t5, t5_config
+from wan22_jax.models.t5 import T5Encoder, abstract_t5, t5_config
 from wan22_jax.models.vae import abstract_vae
 from wan22_jax.models.vae_config import preset as vae_preset
 from wan22_jax.models.vae_tiling import Tiling
 from wan22_jax.ops import Kernels
+from wan22_jax.ops.quant import quantize_module
 from wan22_jax.pipeline.denoise import DenoiseInputs, run_steps, start_loop
 from wan22_jax.pipeline.plan import make_plan
 from wan22_jax.pipeline.request import validate_request
@@ -102,7 +103,7 @@ def sharded_abstract(graphdef, abstract, component: str, mesh: Mesh):
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """What to compile: task, models, video size, dtype, kernels, mesh."""
+    """What to compile: task, models, video size, dtype, kernels, mesh (and the weights' quantisation)."""
 
     task: TaskConfig
     models: Models
@@ -116,6 +117,7 @@ class Plan:
     image: bool = False
     vae_tiling: Tiling | None = None
     offload_experts: bool = False
+    weights: str | None = None  # "int8" / "fp8": the DiT and umT5 Linears quantised (`ops.quant`)
 
 
 def _request(plan: Plan):
@@ -133,8 +135,13 @@ def text_encode(plan: Plan, batch: int = 1) -> Stage:
     """umT5 over [batch, text_len] tokens; runs twice per generation (prompt, negative prompt: cached apart)."""
     cfg = t5_config(plan.models.t5)
     mesh = plan.mesh
-    graphdef, state, size = sharded_abstract(
-        *abstract_t5(cfg, dtype=plan.dtype, param_dtype=plan.dtype, kernels=plan.kernels), "t5", mesh)
+    if plan.weights is None:
+        abstract = abstract_t5(cfg, dtype=plan.dtype, param_dtype=plan.dtype, kernels=plan.kernels)
+    else:
+        abstract = nnx.split(nnx.eval_shape(lambda: quantize_module(
+            T5Encoder(cfg, dtype=plan.dtype, param_dtype=plan.dtype, kernels=plan.kernels, rngs=nnx.Rngs(0)),
+            plan.weights)))
+    graphdef, state, size = sharded_abstract(*abstract, "t5", mesh)
     length = plan.models.dit.text_len
     ids = _act((batch, length), jnp.int32, ("batch", None), mesh)
 
@@ -179,7 +186,10 @@ def vae_decode(plan: Plan, latent_shape) -> Stage:
 
 def _dit(plan: Plan):
     cfg = plan.models.dit
-    model = lambda: WanModel(cfg, dtype=plan.dtype, param_dtype=plan.dtype, kernels=plan.kernels)  # noqa: E731
+    def model():
+        m = WanModel(cfg, dtype=plan.dtype, param_dtype=plan.dtype, kernels=plan.kernels)
+        return m if plan.weights is None else quantize_module(m, plan.weights)
+
     return sharded_abstract(*nnx.split(nnx.eval_shape(model)), "dit", plan.mesh)
 
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from wan22_jax.ops import XLA, Kernels, matmul
+from wan22_jax.ops.matmul import quantized_matmul
 
 LAYERS = "layers"
 
@@ -60,7 +61,8 @@ class Linear(nnx.Module):
 
     The matmul runs in `dtype` (the compute dtype: bf16 for speed, fp32 for parity; fp32 at full precision on
     every backend) through `wan22_jax.ops.matmul` with `kernels.matmul` as its implementation; the output is in
-    `dtype`.
+    `dtype`. A quantised Linear (`ops.quant.quantize_module`) holds int8 / fp8 values in `kernel` and their
+    scales in `weight_scale`, and multiplies through `ops.matmul.quantized_matmul`.
     """
 
     def __init__(self, in_features: int, out_features: int, *, axes: tuple[str | None, str | None],
@@ -71,9 +73,15 @@ class Linear(nnx.Module):
         self.bias = param(rngs, zeros_init, (out_features,), axes[1:], param_dtype, stack) if use_bias else None
         self.dtype = dtype
         self.kernels = kernels
+        # per-output-channel scales [..., out] once `ops.quant.quantize_module` stored the kernel as int8 / fp8
+        self.weight_scale = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype), impl=self.kernels.matmul)
+        if self.weight_scale is not None:
+            y = quantized_matmul(x.astype(self.dtype), self.kernel[...], self.weight_scale[...],
+                                 impl=self.kernels.matmul)
+        else:
+            y = matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype), impl=self.kernels.matmul)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y

@@ -46,11 +46,13 @@ class StepCache:
         return {"signal": z, "residual": z, "acc": jnp.float32(0), "run": jnp.int32(0), "seen": jnp.int32(0),
                 "skipped": jnp.int32(0)}
 
-    def forward(self, model, cache: dict, x, t, **prepare_kwargs):
+    def forward(self, model, cache: dict, x, t, *, step=None, **prepare_kwargs):
         """The model's forward with step skipping: -> (output [B, out_dim, F, H, W], new cache).
 
+        step: the step index (unused: this cache decides from the input alone; `mag_cache.MagCache` reads it).
         prepare_kwargs: context / context_kv / y / kv_mask, as `WanModel.__call__`.
         """
+        del step
         inp = model.prepare(x, t, **prepare_kwargs)
         signal = model.modulated_input(inp)
         prev = cache["signal"]

@@ -31,3 +31,14 @@ def matmul(a: jax.Array, w: jax.Array, *, impl: str = "xla") -> jax.Array:
     if impl == "cpu" and sgemm.applies(a, w) and sgemm.ready():
         return sgemm.matmul(a, w)
     return jnp.matmul(a, w, precision=precision_for(a, w))
+
+
+def quantized_matmul(a: jax.Array, q: jax.Array, scale: jax.Array, *, impl: str = "xla") -> jax.Array:
+    """a [..., K] @ (q [K, N] * scale [N]) -> [..., N] in a's dtype, for weight-only quantised weights.
+
+    The per-output-channel scale factors out of the product, so the stored integers (int8) or fp8 values are
+    widened to a's dtype exactly (|q| <= 127 and fp8 e4m3 values are representable in bf16 and fp32), multiplied
+    through `matmul` with `impl`, and the fp32 scale is applied to the fp32-widened product.
+    """
+    y = matmul(a, q.astype(a.dtype), impl=impl)
+    return (y.astype(jnp.float32) * scale.astype(jnp.float32)).astype(a.dtype)

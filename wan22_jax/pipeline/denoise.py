@@ -72,17 +72,19 @@ def start_loop(graphdef, plan: DenoisePlan, states, inputs: DenoiseInputs):
       inputs: the DenoiseInputs.
     Returns:
       (x_0: [B, z, F', h, w] the first sample (frame 0 re-injected if planned), carry: the LoopCarry before step 0,
-      kvs: per expert, the text K/V of every layer for [context; context_null] ([2B, ...])).
+      kvs: per expert, the text K/V of every layer for [context; context_null] ([2B, ...]); for context alone
+      ([B, ...]) when the plan has no guidance).
     """
-    text = jnp.concatenate([inputs.context, inputs.context_null])
+    # without guidance (every scale 1) the negative prompt is never used: only the prompt's K/V
+    text = jnp.concatenate([inputs.context, inputs.context_null]) if plan.cfg else inputs.context
     kvs = tuple(nnx.merge(graphdef, s).encode_context(text) for s in states)
     model_state = None
     if plan.step_cache is not None:
-        b = inputs.x_T.shape[0]
-        x2 = _doubled(inputs.x_T).astype(jnp.float32)
+        twice = _doubled if plan.cfg else (lambda a: a)
+        b = inputs.x_T.shape[0] * (2 if plan.cfg else 1)
         # shapes only: init traces prepare under eval_shape, nothing runs
-        empty = plan.step_cache.init(nnx.merge(graphdef, states[0]), x2, _model_time(jnp.float32(0), plan, 2 * b),
-                                     context=text, y=_doubled(inputs.y))
+        empty = plan.step_cache.init(nnx.merge(graphdef, states[0]), twice(inputs.x_T).astype(jnp.float32),
+                                     _model_time(jnp.float32(0), plan, b), context=text, y=twice(inputs.y))
         model_state = (empty,) * len(states)  # each expert keeps its own cache
     post_step = _reinject(plan, inputs)
     x0 = inputs.x_T if post_step is None else post_step(inputs.x_T)
@@ -91,7 +93,8 @@ def start_loop(graphdef, plan: DenoisePlan, states, inputs: DenoiseInputs):
 
 def _velocity_fn(graphdef, plan: DenoisePlan, states, kvs, inputs: DenoiseInputs):
     """The loop's velocity function: `(x, t, i) -> (cond, uncond)` (with a step cache `(x, t, i, caches) ->
-    ((cond, uncond), caches)`), switching experts on t for two-expert plans."""
+    ((cond, uncond), caches)`), switching experts on t for two-expert plans. Without guidance (plan.cfg False)
+    the pair is (cond, cond), so that the guidance of scale 1 returns cond unchanged."""
     b = inputs.x_T.shape[0]
     y = inputs.y
 
@@ -102,14 +105,19 @@ def _velocity_fn(graphdef, plan: DenoisePlan, states, kvs, inputs: DenoiseInputs
             # both CFG branches in one batch, so one skip decision covers them; each expert has its own slot
             tt = _model_time(t, plan, b)
             xm = x.astype(jnp.float32)
-            out, c = plan.step_cache.forward(model, caches[slot], _doubled(xm), _doubled(tt), context_kv=kv,
-                                             y=_doubled(y))
+            twice = _doubled if plan.cfg else (lambda a: a)
+            out, c = plan.step_cache.forward(model, caches[slot], twice(xm), twice(tt), step=i,
+                                             context_kv=kv, y=twice(y))
             caches = tuple(c if k == slot else old for k, old in enumerate(caches))
-            return (out[:b], out[b:]), caches
+            return ((out[:b], out[b:]) if plan.cfg else (out, out)), caches
 
         def velocity(x, t, i):
             tt = _model_time(t, plan, b)
             xm = x.astype(jnp.float32)
+            if not plan.cfg:
+                # guidance of scale 1 on (cond, cond) is cond exactly: the unconditional branch is not run
+                out = model(xm, tt, context_kv=kv, y=y)
+                return out, out
             if plan.batch_cfg:
                 out = model(_doubled(xm), _doubled(tt), context_kv=kv, y=_doubled(y))
                 return out[:b], out[b:]

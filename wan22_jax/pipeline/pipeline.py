@@ -7,7 +7,7 @@
 A call runs four stages, each a function of explicit values: `validate_request` (request.py: every argument
 checked before any compute) -> `make_plan` (plan.py: the static DenoisePlan) -> `denoise` (denoise.py: the
 compiled loop, progress reported from outside it) -> `decode` (the VAE). The pipeline itself is immutable:
-`sharded(mesh)`, `with_vae_tiling(...)` and `load_lora(...)` return new pipelines.
+`sharded(mesh)`, `with_vae_tiling(...)`, `load_lora(...)` and `quantized(...)` return new pipelines.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from wan22_jax.models.dit import DiTConfig
 from wan22_jax.models.vae import encode
 from wan22_jax.models.vae_tiling import Tiling
 from wan22_jax.ops import XLA, Kernels, with_kernels
+from wan22_jax.ops.quant import check_mode, is_quantized, quantize_module
 from wan22_jax.pipeline.denoise import DenoiseInputs, denoise, program_memory
 from wan22_jax.pipeline.files import (EXPERTS, check_json_files, default_checkpoint, load_text_encoder,
                                       save_pipeline)
@@ -170,7 +171,13 @@ class Wan22Pipeline:
           path: a folder that does not exist yet.
         Returns:
           The folder written.
+        Raises:
+          InputError: the pipeline is quantised (`quantized`): the checkpoint formats hold full-precision weights;
+            save the pipeline before quantising and quantise after loading.
         """
+        if any(is_quantized(s) for _, s in self.experts.values()):
+            raise InputError("save_pretrained: this pipeline holds quantised weights, which the checkpoint formats "
+                             "do not store; save the unquantised pipeline and call quantized() after loading")
         return save_pipeline(self, path)
 
     # ------------------------------------------------------------------------------------------ new pipelines
@@ -212,6 +219,8 @@ class Wan22Pipeline:
           unpaired factor, shape mismatch with this DiT).
         """
         names = expert_names(self.experts, expert)
+        if any(is_quantized(s) for _, s in self.experts.values()):
+            raise InputError("load_lora on a quantised pipeline: merge LoRAs first, then call quantized(...)")
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not np.isfinite(strength):
             raise InputError(f"strength={strength!r}: expected a finite number")
         if not merge:
@@ -227,6 +236,23 @@ class Wan22Pipeline:
             weights = read_lora(path, self.dit_config, strict=strict)
         experts = merge_into_experts(self.experts, {n: [(weights.deltas, float(strength))] for n in names})
         return dataclasses.replace(self, experts=experts)
+
+    def quantized(self, weights: str) -> "Wan22Pipeline":
+        """A new pipeline whose DiT experts and text encoder hold weight-only quantised Linears ("int8" or
+        "fp8" e4m3, one scale per output channel: `ops.quant`); activations keep the pipeline's dtype, the VAE is
+        unchanged. Apply LoRAs before quantising. This pipeline is unchanged."""
+        check_mode(weights)
+
+        def quantize(graphdef, state, kind):
+            g, s = nnx.split(quantize_module(nnx.merge(graphdef, state), weights))
+            return g, (s if self.mesh is None else place_state(s, kind, self.mesh))
+
+        experts = {n: quantize(g, s, "dit") for n, (g, s) in self.experts.items()}
+        text_encoder = self.text_encoder
+        if text_encoder is not None:
+            text_encoder = TextEncoder(quantize_module(text_encoder.model(), weights), text_encoder.tokenizer,
+                                       cache_size=text_encoder.cache_size)
+        return dataclasses.replace(self, experts=experts, text_encoder=text_encoder)
 
     def with_vae_tiling(self, tile: int | None = 256, overlap: int = 64) -> "Wan22Pipeline":
         """A new pipeline that decodes/encodes in overlapping spatial tiles (bounded memory; not bit-exact, see

@@ -30,7 +30,10 @@ class DenoisePlan:
       batch_cfg: run the cond and uncond branches as one batch.
       return_trajectory: also return per-step samples and velocities.
       check_finite: track the first step whose sample holds a NaN or Inf.
-      step_cache: a `models.step_cache.StepCache`, or None.
+      cfg: run the unconditional branch; False when every guide scale is 1 (guidance then returns the
+        conditional prediction: the few-step distilled models run so, as the official code with scale 1).
+      step_cache: a `models.step_cache.StepCache`, a resolved `models.mag_cache.MagCache` (or
+        `MagCalibration`), or None.
     """
 
     sampler: Any
@@ -44,6 +47,7 @@ class DenoisePlan:
     return_trajectory: bool
     check_finite: bool
     step_cache: Any = None
+    cfg: bool = True
 
 
 def make_plan(request: Request, task: TaskConfig) -> DenoisePlan:
@@ -67,4 +71,5 @@ def make_plan(request: Request, task: TaskConfig) -> DenoisePlan:
         # ti2v with an image: latent frame 0 is the image's latent throughout (official textimage2video.i2v)
         reinject_first_frame=has_image and task.mode == "ti2v",
         batch_cfg=request.batch_cfg, return_trajectory=request.return_trajectory,
-        check_finite=True, step_cache=request.step_cache)
+        check_finite=True, step_cache=request.step_cache,
+        cfg=any(float(v) != 1.0 for v in (scale if task.two_experts else scale[1:])))

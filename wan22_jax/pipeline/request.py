@@ -20,13 +20,16 @@ from wan22_jax import conditioning as cond
 from wan22_jax.configs import TaskConfig
 from wan22_jax.errors import InputError, UnusualInputWarning
 from wan22_jax.models.dit import DiTConfig
+from wan22_jax.models.mag_cache import MagCache, MagCalibration
 from wan22_jax.models.step_cache import StepCache
 from wan22_jax.pipeline.progress import Progress
-from wan22_jax.samplers import get_sampler, make_schedule, official_schedule
+from wan22_jax.samplers import get_sampler, make_schedule, official_schedule, sampler_names
+from wan22_jax.samplers.presets import SAMPLER_PRESETS
 from wan22_jax.samplers.schedule import Schedule
 
 OFFICIAL_SOLVERS = ("unipc", "dpm++")
 OUTPUT_TYPES = ("video", "np", "pil", "latent")
+STEP_CACHES = (StepCache, MagCache, MagCalibration)
 SEED_LIMIT = 2**32  # jax.random.key(seed) keeps the low 32 bits: 2**32 would repeat seed 0
 # callback_on_step_end(step, t, latents): after each step, from the host; step counts from 0, t is the model
 # timestep of that step, latents the [B, z, F', h, w] sample after it
@@ -74,7 +77,7 @@ class Request:
     batch_cfg: bool
     output_type: str
     return_trajectory: bool
-    step_cache: StepCache | None
+    step_cache: StepCache | MagCache | MagCalibration | None  # a MagCache resolved for this run
     progress: Progress
     callback: StepCallback | None = None
 
@@ -168,14 +171,48 @@ def _warn_unusual(task: TaskConfig, scale: tuple[float, float], explicit_negativ
                       " expect degraded videos", UnusualInputWarning, stacklevel=4)
 
 
+def expert_starts(schedule: Schedule, task: TaskConfig) -> tuple[int, ...]:
+    """The first step of each expert's run of steps: (0,) for one DiT; (0, k) for A14B, k the first step whose
+    timestep is below boundary * T (the switch test of `samplers.expert_switch`), (0,) if none is."""
+    if not task.two_experts:
+        return (0,)
+    t = schedule.node_times()[:schedule.steps]
+    k = int(np.sum(t >= task.boundary * task.num_train_timesteps))
+    return (0, k) if 0 < k < schedule.steps else (0,)
+
+
+def _resolve_step_cache(step_cache, sampler, schedule: Schedule, task: TaskConfig):
+    """A MagCache resolved for this run (ratios resampled to the steps, expert starts); others unchanged."""
+    if not isinstance(step_cache, (MagCache, MagCalibration)):
+        return step_cache
+    if sampler.nfe(schedule.steps) != schedule.steps:
+        raise InputError(f"step_cache={type(step_cache).__name__}: its ratio curve is per step, so it needs a "
+                         f"sampler that evaluates the model once per step ({type(sampler).__name__} makes "
+                         f"{sampler.nfe(schedule.steps)} evaluations in {schedule.steps} steps); use unipc, dpm++, "
+                         "euler or ddim")
+    if isinstance(step_cache, MagCalibration):
+        if step_cache.steps != schedule.steps:
+            raise InputError(f"MagCalibration(steps={step_cache.steps}) for a run of {schedule.steps} steps: "
+                             "give the run's step count")
+        return step_cache
+    return step_cache.resolved(schedule.steps, expert_starts(schedule, task))
+
+
 def make_sampler(solver: str, steps: int, shift: float, eta: float, num_train_timesteps: int):
-    """(sampler, schedule): the official schedule for "unipc" / "dpm++", the shifted linear one otherwise."""
+    """(sampler, schedule): the official schedule for "unipc" / "dpm++", a preset's (`samplers.presets`) for a
+    preset name, the shifted linear one otherwise."""
     if not isinstance(solver, str):
         raise InputError(f"solver={solver!r}: give a sampler name")
     if eta and solver != "ddim":
         raise InputError(f"eta={eta} only applies to solver='ddim'")
     if solver in OFFICIAL_SOLVERS:
         return get_sampler(solver), official_schedule(solver, steps, shift, num_train_timesteps=num_train_timesteps)
+    if solver in SAMPLER_PRESETS:
+        preset = SAMPLER_PRESETS[solver]
+        return get_sampler(preset.sampler), preset.schedule(steps, shift, num_train_timesteps=num_train_timesteps)
+    if solver not in sampler_names():
+        raise InputError(f"unknown sampler {solver!r}; valid: {sampler_names()}, or a preset: "
+                         f"{sorted(SAMPLER_PRESETS)}")
     kwargs = {"eta": eta} if solver == "ddim" else {}
     return get_sampler(solver, **kwargs), make_schedule(steps, shift=shift, num_train_timesteps=num_train_timesteps)
 
@@ -240,8 +277,9 @@ def validate_request(task: TaskConfig, dit_config: DiTConfig, z_dim: int, *, has
         raise InputError(f"task {task.name} is text-to-video: it takes no image")
     if image is None and task.mode == "i2v":
         raise InputError(f"task {task.name} needs an image")
-    if step_cache is not None and not isinstance(step_cache, StepCache):
-        raise InputError(f"step_cache={step_cache!r}: give a wan22_jax.models.step_cache.StepCache or None")
+    if step_cache is not None and not isinstance(step_cache, STEP_CACHES):
+        raise InputError(f"step_cache={step_cache!r}: give a wan22_jax.models.step_cache.StepCache, a "
+                         "wan22_jax.models.mag_cache.MagCache (or MagCalibration), or None")
     if step_cache is not None and not batch_cfg:
         raise InputError("step_cache needs batch_cfg=True (one skip decision for both CFG branches)")
     if output_type not in OUTPUT_TYPES:
@@ -255,6 +293,11 @@ def validate_request(task: TaskConfig, dit_config: DiTConfig, z_dim: int, *, has
     # ---- sampling
     num_frames = task.frame_num if num_frames is None else num_frames
     cond.check_frames(num_frames, task.vae_stride[0])
+    preset = SAMPLER_PRESETS.get(solver) if isinstance(solver, str) else None
+    if preset is not None:  # the preset's settings replace the task's defaults; explicit arguments still win
+        num_inference_steps = preset.steps if num_inference_steps is None else num_inference_steps
+        shift = preset.shift if shift is None else shift
+        guidance_scale = preset.guidance_scale if guidance_scale is None else guidance_scale
     steps = _int(task.sample_steps if num_inference_steps is None else num_inference_steps,
                  "num_inference_steps", low=1)
     shift = task.sample_shift if shift is None else _positive(shift, "shift", " (the tasks use 3 to 12)")
@@ -264,6 +307,7 @@ def validate_request(task: TaskConfig, dit_config: DiTConfig, z_dim: int, *, has
         raise InputError(f"eta={eta!r}: must be a number in [0, 1]")
     sampler, schedule = make_sampler(solver, steps, shift, float(eta), task.num_train_timesteps)
     tables = {k: np.asarray(v) for k, v in sampler.tables(schedule).items()}  # raises on invalid coefficients
+    step_cache = _resolve_step_cache(step_cache, sampler, schedule, task)
     seed, noise_key = _key(seed, key)
 
     # ---- sizes (from the image and max_area for image tasks, as the official code) and the image itself

@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 
 from video_samples import BAD, TINY_BUCKETS, write_samples
+from wan22_jax.cli import main
 from wan22_jax.convert.vae import load_vae
 from wan22_jax.data.videos import VideoDataset
 from wan22_jax.errors import ConfigError, InputFileError
@@ -123,3 +124,20 @@ def test_changed_vae_invalidates_the_cache(tmp_path, folder, models):
 def test_missing_cache_is_one_clear_error(tmp_path):
     with pytest.raises(InputFileError, match="no latent cache here"):
         CachedDataset(tmp_path)
+
+
+def test_cache_command(tmp_path, folder, capsys):
+    argv = ["cache", str(folder), "--out", str(tmp_path / "c"), "--area", str(32 * 48), "--frames", "5,9,17",
+            "--text-dtype", "float32", "--no-progress"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "4 sample(s) encoded, 0 already cached, 3 file(s) skipped" in out
+    assert "skipped short.mp4: too few frames" in err and "skipped corrupt.mp4: unreadable" in err
+    # the stride came from the embedded model: its VAE's 8 x the DiT's patch 2
+    assert read_manifest(tmp_path / "c")["buckets"]["stride"] == 16
+    assert main(argv) == 0
+    assert "0 sample(s) encoded, 4 already cached" in capsys.readouterr().out
+    assert main(argv[:-3] + ["--text-dtype", "bfloat16", "--no-progress"]) == 2
+    assert "different text encoder weights" in capsys.readouterr().err
+    assert main(argv[:6] + ["--frames", "8"]) == 2
+    assert "--frames=(8,)" in capsys.readouterr().err

@@ -220,8 +220,7 @@ def read_frames(path: Path, cfg: BucketConfig) -> tuple[np.ndarray, float | None
         reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
         meta = next(reader)
     except (OSError, RuntimeError, StopIteration, ValueError) as e:
-        raise SampleError(UNREADABLE, f"{path.name}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}"
-                          ) from None
+        raise SampleError(UNREADABLE, str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)) from None
     try:
         w, h = meta["size"]
         fps = meta.get("fps") or None
@@ -232,11 +231,11 @@ def read_frames(path: Path, cfg: BucketConfig) -> tuple[np.ndarray, float | None
             if len(frames) >= need:
                 break
     except (OSError, RuntimeError, ValueError) as e:
-        raise SampleError(UNREADABLE, f"{path.name}: {e}") from None
+        raise SampleError(UNREADABLE, str(e)) from None
     finally:
         reader.close()  # stops ffmpeg
     if not frames:
-        raise SampleError(UNREADABLE, f"{path.name}: no frame could be decoded")
+        raise SampleError(UNREADABLE, "no frame could be decoded")
     return np.stack(frames), fps
 
 
@@ -281,7 +280,7 @@ class VideoDataset:
             raw, fps = read_frames(sample.path, cfg)
             count = frame_bucket(available_frames(len(raw), fps, cfg.fps), cfg)
             if count is None:
-                raise SampleError(TOO_FEW_FRAMES, f"{sample.path.name}: {len(raw)} frame(s) at {fps} fps give "
+                raise SampleError(TOO_FEW_FRAMES, f"{len(raw)} frame(s) at {fps} fps give "
                                   f"{available_frames(len(raw), fps, cfg.fps)} at {cfg.fps} fps; the smallest "
                                   f"frame bucket is {cfg.frames[0]}")
             frames = raw[source_indices(count, fps, cfg.fps)]

@@ -38,7 +38,7 @@ from wan22_jax.io.atomic import atomic_path
 from wan22_jax.models.tokenizer import Tokenizer
 from wan22_jax.models.vae import encode
 from wan22_jax.state import flat_state
-from wan22_jax.text_encoder import TextEncoder
+from wan22_jax.text_encoder import TextEncoder, encode_zero_padded
 
 FORMAT = "wan22-latent-cache"
 VERSION = 1
@@ -123,9 +123,10 @@ class CacheWriter:
         self.dir = Path(cache_dir)
         self.vae = vae
         self.tokenizer, self.text_encoder = tokenizer, text_encoder
+        self._t5 = None if text_encoder is None else nnx.split(text_encoder.model())
         self.identity = {
             "vae": state_hash(vae[1]),
-            "text_encoder": None if text_encoder is None else state_hash(nnx.state(text_encoder.model())),
+            "text_encoder": None if text_encoder is None else state_hash(self._t5[1]),
             "tokenizer": tokenizer_hash(tokenizer),
             "buckets": config_to_dict(buckets),
         }
@@ -151,10 +152,12 @@ class CacheWriter:
         ids, mask = self.tokenizer(captions)
         rows = [{"ids": ids[i], "mask": mask[i]} for i in range(len(captions))]
         if self.text_encoder is not None:
-            # one caption per encoder call: a sample's context does not depend on which others share its shard
-            # (a batch of another size is another program, which may round differently)
-            for row, caption in zip(rows, captions):
-                row["context"] = np.asarray(self.text_encoder.encode([caption])[0], np.float32)
+            # the function TextEncoder runs, on these ids (tokenized once), one caption per call: a sample's
+            # context does not depend on which others share its shard (another batch size is another program,
+            # which may round differently)
+            for row in rows:
+                out = encode_zero_padded(*self._t5, jnp.asarray(row["ids"][None]), jnp.asarray(row["mask"][None]))
+                row["context"] = np.asarray(out[0, :int(row["mask"].sum())], np.float32)
         return rows
 
     def _encode_video(self, video: np.ndarray) -> np.ndarray:

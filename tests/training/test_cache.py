@@ -15,6 +15,7 @@ from wan22_jax.models.vae import encode, random_vae
 from wan22_jax.pipeline.files import default_checkpoint
 from wan22_jax.text_encoder import TextEncoder
 from wan22_jax.training.cache import CachedDataset, CacheWriter, read_manifest
+from wan22_jax.training.loader import Loader
 
 TEXT_LEN = 48  # the embedded model's
 # the embedded model's tokenizer knows only the mini-world's English words: the Japanese caption warns
@@ -69,6 +70,9 @@ def test_cache_encodes_resumes_and_reads_back(tmp_path, folder, models):
     data.check(z_dim=16, text_dim=32, text_len=TEXT_LEN)
     with pytest.raises(ConfigError, match="in_dim is 48"):
         data.check(z_dim=48, text_dim=32, text_len=TEXT_LEN)
+    # the loader serves them (one bucket per batch)
+    batch = Loader(data, batch_size=1, process_index=0, process_count=1).batch(0)
+    assert batch["latents"].shape[:3] == (1, 1, 16) and batch["context"].shape == (1, 1, TEXT_LEN, 32)
 
     # a second run encodes nothing and rewrites no shard
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}

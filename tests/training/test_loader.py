@@ -5,41 +5,48 @@ import json
 
 import numpy as np
 import pytest
+from flax import nnx
 from safetensors.numpy import save_file
 
 from wan22_jax.errors import ConfigError
+from wan22_jax.models.dit import WanModel
 from wan22_jax.training.cache import FORMAT, MANIFEST, NULL, VERSION, CachedDataset
+from wan22_jax.training.config import TrainConfig
 from wan22_jax.training.loader import Loader
+from wan22_jax.training.step import init_state, make_train_step
+
+from .conftest import TINY_DIT
 
 TEXT_LEN, DIM, Z = 6, 4, 3
 # bucket (frames, height, width) -> samples in it
 BUCKETS = {(5, 32, 48): 9, (9, 48, 32): 7, (1, 32, 32): 5}
 
 
-def write_cache(root, buckets=BUCKETS, context=True):
-    """A cache in the format CacheWriter writes, with latents filled with the sample's number (fast: no model)."""
+def write_cache(root, buckets=BUCKETS, context=True, z=Z, text_len=TEXT_LEN, dim=DIM, down=16):
+    """A cache in the format CacheWriter writes, with latents filled with the sample's number (fast: no model);
+    latents are [z, 1 + (frames - 1) / 4, height / down, width / down]."""
     root.mkdir(parents=True, exist_ok=True)
     samples, tensors, n = [], {}, 0
     for (f, h, w), count in buckets.items():
         for _ in range(count):
-            lat = np.full((Z, 1 + (f - 1) // 4, h // 16, w // 16), n, np.float32)
+            lat = np.full((z, 1 + (f - 1) // 4, h // down, w // down), n, np.float32)
             tensors[f"{n}.latents"] = lat
-            tensors[f"{n}.ids"] = np.full(TEXT_LEN, n, np.int32)
-            tensors[f"{n}.mask"] = (np.arange(TEXT_LEN) < 3).astype(np.int32)
+            tensors[f"{n}.ids"] = np.full(text_len, n, np.int32)
+            tensors[f"{n}.mask"] = (np.arange(text_len) < 3).astype(np.int32)
             if context:
-                tensors[f"{n}.context"] = np.full((3, DIM), n, np.float32)
+                tensors[f"{n}.context"] = np.full((3, dim), n, np.float32)
             samples.append({"key": f"clip{n:03d}.mp4", "shard": "shard-00000.safetensors", "index": n,
                             "bucket": [f, h, w], "latent_shape": list(lat.shape), "caption": f"c{n}",
                             "caption_hash": "", "bytes": 0, "tokens": 3, "image": False})
             n += 1
     save_file(tensors, root / "shard-00000.safetensors")
-    null = {"ids": np.zeros(TEXT_LEN, np.int32), "mask": np.eye(1, TEXT_LEN, dtype=np.int32)[0]}
+    null = {"ids": np.zeros(text_len, np.int32), "mask": np.eye(1, text_len, dtype=np.int32)[0]}
     if context:
-        null["context"] = np.full((1, DIM), -1, np.float32)
+        null["context"] = np.full((1, dim), -1, np.float32)
     save_file(null, root / NULL)
     (root / MANIFEST).write_text(json.dumps({
         "format": FORMAT, "version": VERSION, "vae": "v", "text_encoder": "t" if context else None,
-        "tokenizer": "k", "buckets": {}, "text_len": TEXT_LEN, "shards": ["shard-00000.safetensors"],
+        "tokenizer": "k", "buckets": {}, "text_len": text_len, "shards": ["shard-00000.safetensors"],
         "samples": samples, "skipped": {}}))
     return root
 
@@ -116,3 +123,21 @@ def test_token_ids_mode_and_bad_settings(tmp_path, data):
         Loader(data, batch_size=12, process_index=0, process_count=1)
     with pytest.raises(ConfigError, match="first-frame image"):
         Loader(data, batch_size=2, images=True, process_index=0, process_count=1)
+
+
+def test_batches_feed_the_train_step(tmp_path):
+    """The loader's batches are what `make_train_step` takes (as LatentData's), and the step moves the data
+    position by the loader's samples_per_batch."""
+    data = CachedDataset(write_cache(tmp_path / "c", {(5, 32, 48): 2}, z=TINY_DIT.in_dim,
+                                     text_len=TINY_DIT.text_len, dim=TINY_DIT.text_dim, down=8))
+    data.check(z_dim=TINY_DIT.in_dim, text_dim=TINY_DIT.text_dim, text_len=TINY_DIT.text_len)
+    cfg = TrainConfig(lr=1e-3, warmup_steps=1, total_steps=4, text_dropout=0.5)
+    loader = Loader(data, batch_size=2, seed=0, process_index=0, process_count=1)
+    graphdef, state = nnx.split(WanModel(TINY_DIT, rngs=nnx.Rngs(0)))
+    train_step = make_train_step(graphdef, cfg)
+    state = init_state(nnx.to_pure_dict(state), cfg)
+    batch = loader.batch(int(state["data_position"]), 2, cfg.grad_accum)
+    assert batch["latents"].shape == (1, 2, TINY_DIT.in_dim, 2, 4, 6)
+    state, metrics = train_step(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+    assert int(state["data_position"]) == loader.samples_per_batch

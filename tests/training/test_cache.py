@@ -1,5 +1,7 @@
 """The latent cache: encodes once, resumes, refuses a cache of other models, reads back what it wrote."""
 
+import json
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -145,3 +147,22 @@ def test_cache_command(tmp_path, folder, capsys):
     assert "different text encoder weights" in capsys.readouterr().err
     assert main(argv[:6] + ["--frames", "8"]) == 2
     assert "--frames=(8,)" in capsys.readouterr().err
+
+
+def test_ids_only_cache_with_first_frame_images(tmp_path, folder, models):
+    """No text encoder: token ids only (for an encoder trained with the DiT); a manifest's first-frame images
+    become image latents the loader serves with images=True."""
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in [
+        {"path": str(folder / "en.mp4"), "caption": "a red circle", "image": str(folder / "still.png")},
+        {"path": str(folder / "sub/wide.mp4"), "caption": "a blue bar"}]), encoding="utf-8")
+    vae, text = models
+    out = tmp_path / "ids"
+    CacheWriter(out, vae=vae, tokenizer=text.tokenizer, text_encoder=None, buckets=TINY_BUCKETS).run(
+        VideoDataset(manifest, TINY_BUCKETS))
+    data = CachedDataset(out, require_images=True)
+    assert len(data) == 1 and not data.has_context
+    batch = Loader(data, batch_size=1, text="ids", images=True, process_index=0, process_count=1).batch(0)
+    assert batch["image_latents"].shape == (1, 1, 16, 1, 4, 6) and batch["ids"].shape == (1, 1, TEXT_LEN)
+    image = next(VideoDataset(manifest, TINY_BUCKETS).clips()).image
+    np.testing.assert_array_equal(batch["image_latents"][0, 0], np.asarray(encode(*vae, jnp.asarray(image[None])))[0])

@@ -1,5 +1,6 @@
 """The latent cache: encodes once, resumes, refuses a cache of other models, reads back what it wrote."""
 
+import dataclasses
 import json
 
 import jax.numpy as jnp
@@ -125,6 +126,9 @@ def test_changed_vae_invalidates_the_cache(tmp_path, folder, models):
     other_text = TextEncoder(random_t5(text.model().cfg, seed=5), text.tokenizer)
     with pytest.raises(ConfigError, match="different text encoder weights"):
         CacheWriter(out, vae=other, tokenizer=text.tokenizer, text_encoder=other_text, buckets=TINY_BUCKETS)
+    with pytest.raises(ConfigError, match="different bucket config"):
+        CacheWriter(out, vae=other, tokenizer=text.tokenizer, text_encoder=text,
+                    buckets=dataclasses.replace(TINY_BUCKETS, fps=8))
 
 
 def test_missing_cache_is_one_clear_error(tmp_path):

@@ -32,7 +32,7 @@ from safetensors.numpy import save_file
 
 from wan22_jax.config_utils import config_to_dict
 from wan22_jax.data.buckets import Bucket
-from wan22_jax.data.videos import Clip, SampleError, VideoDataset
+from wan22_jax.data.videos import MISSING_FILE, Clip, SampleError, VideoDataset
 from wan22_jax.errors import ConfigError, InputFileError
 from wan22_jax.io.atomic import atomic_path
 from wan22_jax.models.tokenizer import Tokenizer
@@ -188,6 +188,24 @@ class CacheWriter:
         _write_json(self.dir / MANIFEST, self.manifest)
         pending.clear()
 
+    def _one(self, dataset: VideoDataset, sample, done: dict, pending: list) -> str:
+        """Encodes one sample into `pending` unless it is cached already; "encoded", "cached" or "skipped"."""
+        try:
+            size = sample.path.stat().st_size
+        except OSError as e:  # removed since the listing
+            dataset.report.add(sample.key, MISSING_FILE, str(e))
+            return "skipped"
+        if done.get(sample.key) == (text_hash(sample.caption), size):
+            return "cached"
+        try:
+            clip = dataset.load(sample)
+        except SampleError as e:
+            dataset.report.add(sample.key, e.reason, e.detail)
+            return "skipped"
+        img = None if clip.image is None else self._encode_video(clip.image)
+        pending.append((clip, size, self._encode_video(clip.video), img))
+        return "encoded"
+
     def run(self, dataset: VideoDataset, *, shard_size: int = 64,
             progress: Callable[[int], Any] | None = None) -> dict:
         """Encodes every sample of `dataset` not cached yet.
@@ -208,28 +226,17 @@ class CacheWriter:
                 save_file(null, tmp)
         done = {r["key"]: (r["caption_hash"], r["bytes"]) for r in self.manifest["samples"]}
         pending: list = []
-        encoded = cached = 0
+        counts = {"encoded": 0, "cached": 0, "skipped": 0}
         for sample in dataset.samples:
-            size = sample.path.stat().st_size
-            if done.get(sample.key) == (text_hash(sample.caption), size):
-                cached += 1
-            else:
-                try:
-                    clip = dataset.load(sample)
-                except SampleError as e:
-                    dataset.report.add(sample.key, e.reason, e.detail)
-                else:
-                    img = None if clip.image is None else self._encode_video(clip.image)
-                    pending.append((clip, size, self._encode_video(clip.video), img))
-                    encoded += 1
-                    if len(pending) >= shard_size:
-                        self._flush(pending)
+            counts[self._one(dataset, sample, done, pending)] += 1
+            if len(pending) >= shard_size:
+                self._flush(pending)
             if progress is not None:
                 progress(1)
         self._flush(pending)
         self.manifest["skipped"] = dataset.report.to_dict()
         _write_json(self.dir / MANIFEST, self.manifest)
-        return {"encoded": encoded, "cached": cached, "skipped": dataset.report.to_dict(),
+        return {"encoded": counts["encoded"], "cached": counts["cached"], "skipped": dataset.report.to_dict(),
                 "total": len(self.manifest["samples"])}
 
 

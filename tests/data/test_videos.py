@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from video_samples import BAD, TINY_BUCKETS, write_samples
-from wan22_jax.data.buckets import (Bucket, BucketConfig, available_frames, cover_crop, frame_bucket,
-                                    nearest_resolution, resolutions, source_indices)
+from wan22_jax.data.buckets import (Bucket, BucketConfig, cover_crop, frame_bucket, nearest_resolution,
+                                    resolutions, source_indices)
 from wan22_jax.data.videos import VideoDataset
 from wan22_jax.errors import ConfigError, InputFileError
 
@@ -34,8 +34,8 @@ def test_frame_buckets_and_sampling():
     assert frame_bucket(16, cfg) == 9 and frame_bucket(17, cfg) == 17 and frame_bucket(4, cfg) is None
     # a 16 fps source sampled at 8 fps: every other frame
     np.testing.assert_array_equal(source_indices(5, 16, 8), [0, 2, 4, 6, 8])
-    assert available_frames(12, 16, 8) == 6 and available_frames(9, 16, 8) == 5
-    assert available_frames(12, 30, None) == 12
+    np.testing.assert_array_equal(source_indices(4, 30, None), [0, 1, 2, 3])  # fps=None: every frame
+    np.testing.assert_array_equal(source_indices(5, 8, 16), [0, 0, 1, 1, 2])  # above the source's rate
     (rh, rw), box = cover_crop(720, 1280, 480, 832)
     assert rh == 480 and rw >= 832 and box == (0, (rw - 832) // 2, 480, (rw - 832) // 2 + 832)
 

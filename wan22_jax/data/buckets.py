@@ -110,18 +110,6 @@ def source_indices(count: int, source_fps: float | None, fps: float | None) -> n
     return np.floor(i * (source_fps / fps) + 1e-6).astype(np.int64)
 
 
-def available_frames(source_frames: int, source_fps: float | None, fps: float | None) -> int:
-    """How many output frames `source_indices` can give from a video of `source_frames` frames."""
-    if fps is None or not source_fps or source_fps <= 0:
-        return source_frames
-    # the largest n with floor((n - 1) * ratio) < source_frames
-    ratio = source_fps / fps
-    n = int(math.floor((source_frames - 1e-6) / ratio)) + 1 if source_frames > 0 else 0
-    while n > 0 and source_indices(n, source_fps, fps)[-1] >= source_frames:
-        n -= 1
-    return n
-
-
 def cover_crop(height: int, width: int, out_h: int, out_w: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
     """Resize size and crop box that cut a height x width frame to out_h x out_w with its aspect ratio kept:
     scale to cover the bucket, then take the centre.

@@ -22,14 +22,14 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import imageio_ffmpeg
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from wan22_jax.data.buckets import (Bucket, BucketConfig, available_frames, cover_crop, frame_bucket,
-                                    nearest_resolution, resolutions, source_indices)
+from wan22_jax.data.buckets import (Bucket, BucketConfig, cover_crop, frame_bucket, nearest_resolution,
+                                    resolutions, source_indices)
 from wan22_jax.errors import InputError, InputFileError
 from wan22_jax.models.tokenizer import clean_text
 
@@ -192,51 +192,65 @@ def read_manifest(path: str | os.PathLike, report: SkipReport) -> list[Sample]:
 
 
 # ----------------------------------------------------------------------------------------------- decoding
-def _resize_crop(frames: np.ndarray, bucket: Bucket) -> np.ndarray:
-    """[T, H, W, 3] uint8 -> [3, T, bucket.height, bucket.width] float32 in [-1, 1]: cover, then centre crop."""
-    (rh, rw), (top, left, bottom, right) = cover_crop(frames.shape[1], frames.shape[2], bucket.height, bucket.width)
-    out = np.empty((len(frames), bucket.height, bucket.width, 3), np.uint8)
-    for t, f in enumerate(frames):
-        img = Image.fromarray(f)
-        if (rh, rw) != img.size[::-1]:
-            img = img.resize((rw, rh), Image.Resampling.BICUBIC)  # antialiased when shrinking
-        out[t] = np.asarray(img)[top:bottom, left:right]
-    return np.moveaxis(out.astype(np.float32) / 127.5 - 1.0, -1, 0)
+def _cut(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[H, W, 3] uint8 -> [height, width, 3] uint8: resized to cover (aspect ratio kept), then centre-cropped."""
+    (rh, rw), (top, left, bottom, right) = cover_crop(frame.shape[0], frame.shape[1], height, width)
+    img = Image.fromarray(frame)
+    if (rh, rw) != (frame.shape[0], frame.shape[1]):
+        img = img.resize((rw, rh), Image.Resampling.BICUBIC)  # antialiased when shrinking
+    return np.asarray(img)[top:bottom, left:right]
+
+
+def _to_video(frames: list[np.ndarray]) -> np.ndarray:
+    """T frames [H, W, 3] uint8 -> [3, T, H, W] float32 in [-1, 1] (the VAE's input)."""
+    return np.moveaxis(np.stack(frames).astype(np.float32) / 127.5 - 1.0, -1, 0)
 
 
 def read_image(path: Path) -> np.ndarray:
-    """[1, H, W, 3] uint8 of an image file; SampleError if it cannot be decoded."""
+    """[H, W, 3] uint8 of an image file; SampleError if it cannot be decoded."""
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))[None]
+            return np.asarray(img.convert("RGB"))
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
         raise SampleError(UNREADABLE, f"{path.name}: {e}") from None
 
 
-def read_frames(path: Path, cfg: BucketConfig) -> tuple[np.ndarray, float | None]:
-    """The first frames of a video, enough for the largest frame bucket at cfg.fps: ([N, H, W, 3] uint8, source
-    fps). Decoding stops once they are read; SampleError if ffmpeg cannot read the file."""
+def read_clip(path: Path, cfg: BucketConfig, size: Callable[[int, int], tuple[int, int]]
+              ) -> tuple[list[np.ndarray], int, float | None]:
+    """The clip of a video at cfg.fps from its first frame, as long as the largest frame bucket or the video.
+
+    Frames are cut to `size(source height, source width)` as they are decoded and only the ones the clip uses
+    are kept, so memory holds the clip at its bucket's size, never the source's (a 4K video is fine); decoding
+    stops after the last frame needed.
+
+    Returns:
+      (cut frames [h, w, 3] uint8 of the clip (a source frame repeats when cfg.fps is above the source's),
+       source frames decoded, source fps or None). SampleError if ffmpeg cannot read the file.
+    """
     try:
         reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
         meta = next(reader)
     except (OSError, RuntimeError, StopIteration, ValueError) as e:
         raise SampleError(UNREADABLE, str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)) from None
+    clip, decoded = [], 0
     try:
         w, h = meta["size"]
         fps = meta.get("fps") or None
-        need = int(source_indices(cfg.frames[-1], fps, cfg.fps)[-1]) + 1
-        frames = []
+        out_h, out_w = size(h, w)
+        wanted = source_indices(cfg.frames[-1], fps, cfg.fps)  # non-decreasing source index per clip frame
         for buf in reader:
-            frames.append(np.frombuffer(buf, np.uint8).reshape(h, w, 3))
-            if len(frames) >= need:
+            while len(clip) < len(wanted) and wanted[len(clip)] == decoded:
+                clip.append(_cut(np.frombuffer(buf, np.uint8).reshape(h, w, 3), out_h, out_w))
+            decoded += 1
+            if len(clip) == len(wanted):
                 break
     except (OSError, RuntimeError, ValueError) as e:
         raise SampleError(UNREADABLE, str(e)) from None
     finally:
         reader.close()  # stops ffmpeg
-    if not frames:
+    if decoded == 0:
         raise SampleError(UNREADABLE, "no frame could be decoded")
-    return np.stack(frames), fps
+    return clip, decoded, fps
 
 
 class VideoDataset:
@@ -264,31 +278,30 @@ class VideoDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def bucket_of(self, frames: int, height: int, width: int) -> Bucket:
-        h, w = nearest_resolution(height, width, self._resolutions)
-        return Bucket(frames, h, w)
-
     def load(self, sample: Sample) -> Clip:
         """The sample cut to its bucket; SampleError says why it cannot be."""
         cfg = self.buckets
+
+        def size(h: int, w: int) -> tuple[int, int]:
+            return nearest_resolution(h, w, self._resolutions)
+
         if sample.is_image:
             if not cfg.images:
                 raise SampleError(UNSUPPORTED, "images are off (buckets.images=false)")
-            frames = read_image(sample.path)
-            bucket = self.bucket_of(1, *frames.shape[1:3])
+            image = read_image(sample.path)
+            frames = [_cut(image, *size(*image.shape[:2]))]
         else:
-            raw, fps = read_frames(sample.path, cfg)
-            count = frame_bucket(available_frames(len(raw), fps, cfg.fps), cfg)
+            frames, decoded, fps = read_clip(sample.path, cfg, size)
+            count = frame_bucket(len(frames), cfg)
             if count is None:
-                raise SampleError(TOO_FEW_FRAMES, f"{len(raw)} frame(s) at {fps} fps give "
-                                  f"{available_frames(len(raw), fps, cfg.fps)} at {cfg.fps} fps; the smallest "
-                                  f"frame bucket is {cfg.frames[0]}")
-            frames = raw[source_indices(count, fps, cfg.fps)]
-            bucket = self.bucket_of(count, *frames.shape[1:3])
-        image = None
-        if sample.image is not None:
-            image = _resize_crop(read_image(sample.image), bucket)
-        return Clip(sample, bucket, _resize_crop(frames, bucket), image)
+                raise SampleError(TOO_FEW_FRAMES, f"{decoded} frame(s) at {fps} fps give {len(frames)} at "
+                                  f"{cfg.fps or fps} fps; the smallest frame bucket is {cfg.frames[0]}")
+            frames = frames[:count]
+        bucket = Bucket(len(frames), *frames[0].shape[:2])
+        first = None
+        if sample.image is not None:  # cut to the sample's bucket, whatever its own shape
+            first = _to_video([_cut(read_image(sample.image), bucket.height, bucket.width)])
+        return Clip(sample, bucket, _to_video(frames), first)
 
     def clips(self) -> Iterator[Clip]:
         """Every usable sample, cut; the others are added to `report` and skipped."""

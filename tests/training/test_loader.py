@@ -141,3 +141,17 @@ def test_batches_feed_the_train_step(tmp_path):
     state, metrics = train_step(state, batch)
     assert np.isfinite(float(metrics["loss"]))
     assert int(state["data_position"]) == loader.samples_per_batch
+
+
+def test_held_out_split_is_fixed_and_disjoint(data):
+    held = CachedDataset(data.dir, held_out=4, split="held_out")
+    train = CachedDataset(data.dir, held_out=4)
+    keys = {r["key"] for r in held.records}
+    assert len(keys) == 4 and len(train) == len(data) - 4
+    assert keys.isdisjoint(r["key"] for r in train.records)
+    assert {r["key"] for r in CachedDataset(data.dir, held_out=4, split="held_out").records} == keys  # fixed
+    # chosen by key hash, not by order: not simply the first or last keys
+    ordered = [r["key"] for r in data.records]
+    assert keys != set(ordered[:4]) and keys != set(ordered[-4:])
+    with pytest.raises(ConfigError, match="held_out=21"):
+        CachedDataset(data.dir, held_out=21)

@@ -247,20 +247,33 @@ class CachedDataset:
     Args:
       cache_dir: a folder written by CacheWriter / `wan22 cache`.
       require_images: keep only samples with a first-frame image latent (image-to-video training).
+      held_out, split: set `held_out` samples apart for evaluation: the ones whose keys hash lowest (the same on
+        every run and host for the same cache, and spread over its folders and buckets); split="train" keeps
+        the others, split="held_out" those.
     Attributes:
       records: the manifest's sample records; buckets: Bucket of each; text_len; has_context: whether contexts
         were stored (else only token ids).
     """
 
-    def __init__(self, cache_dir: str | os.PathLike, *, require_images: bool = False):
+    def __init__(self, cache_dir: str | os.PathLike, *, require_images: bool = False, held_out: int = 0,
+                 split: str = "train"):
         self.dir = Path(cache_dir)
         self.manifest = read_manifest(self.dir)
-        records = sorted(self.manifest["samples"], key=lambda r: r["key"])
+        if split not in ("train", "held_out"):
+            raise ConfigError(f"split={split!r}: use 'train' or 'held_out'")
+        records = self.manifest["samples"]
         if require_images:
             records = [r for r in records if r["image"]]
+        if not isinstance(held_out, int) or not 0 <= held_out < len(records):
+            raise ConfigError(f"held_out={held_out!r}: must be a whole number from 0 to {len(records) - 1} (the "
+                              f"cache has {len(records)} usable samples)")
+        by_hash = sorted(records, key=lambda r: text_hash(r["key"]))
+        records = by_hash[:held_out] if split == "held_out" else by_hash[held_out:]
+        records = sorted(records, key=lambda r: r["key"])
         if not records:
             raise ConfigError(f"{self.dir}: the cache holds no sample" + (" with a first-frame image"
-                                                                          if require_images else ""))
+                                                                          if require_images else "")
+                              + (" held out (held_out=0)" if split == "held_out" else ""))
         self.records = records
         self.buckets = [Bucket(*r["bucket"]) for r in records]
         self.text_len = int(self.manifest["text_len"])

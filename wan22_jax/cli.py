@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("wan22_jax.convert.cli", "convert an official or Diffusers checkpoint folder to our Orbax format"),
     "bench": ("wan22_jax.bench.cli", "benchmark a component with random weights"),
     "generate": ("wan22_jax.generate_cli", "generate a video"),
+    "cache": ("wan22_jax.cache_cli", "encode a folder of videos/images with captions once (VAE latents, text "
+                                     "contexts) for training; resumes"),
     "train": ("wan22_jax.train_cli", "train a DiT or a LoRA on the mini-world (resumes from checkpoints)"),
     "aot": ("wan22_jax.aot.cli", "compile a task's programs for a TPU or NVIDIA target on this host: memory, fit, "
                                  "collectives, kernels, roofline (needs the aot extra)"),

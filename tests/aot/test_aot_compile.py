@@ -67,3 +67,25 @@ def test_gpu_peak_over_the_card_is_reported_as_not_fitting(tmp_path):
     assert code == 1 and not doc["fits"]
     (stage,) = doc["stages"]
     assert stage["peak"] > stage["memory"]
+
+
+def test_train_step_compiles_sharded_with_its_state_donated(tmp_path):
+    _need("cuda")
+    code, doc = _run(tmp_path, "--target", "h100x8", "--task", "ti2v-5B", "--program", "train-step",
+                     "--mesh", "fsdp=4,seq=2", "--attention", "cudnn", "--remat", "full", "--moment-dtype", "bf16")
+    assert code == 0 and doc["fits"]
+    (stage,) = doc["stages"]
+    assert stage["stage"] == "train-step" and "full fine-tune" in stage["note"] and "moments bfloat16" in stage["note"]
+    assert "__cudnn$fmhaSoftmaxBackward" in stage["custom_calls"]  # the flash kernel's own backward, in shard_map
+    assert stage["alias"] > 0  # the state is donated: the new state reuses its buffers
+    assert stage["collectives"]["all-to-all"]["count"] > 0
+
+
+def test_lora_train_step_compiles_on_one_gpu(tmp_path):
+    _need("cuda")
+    code, doc = _run(tmp_path, "--target", "h100", "--task", "ti2v-5B", "--program", "lora-train-step",
+                     "--attention", "cudnn", "--lora-rank", "2")
+    assert code == 0 and doc["fits"]
+    (stage,) = doc["stages"]
+    assert stage["stage"] == "lora-train-step" and "LoRA rank 2" in stage["note"]
+    assert stage["alias"] > 0 and not stage["collectives"]

@@ -1,7 +1,7 @@
 """A train step sharded over 8 simulated CPU devices equals the single-device step: params after 3 steps within
 1e-5 relative (fp32), for full training (TI2V-style, image-conditioned first frames), a LoRA on a frozen sharded
 base, and one A14B expert on its timestep range; a sharded state saved and restored by Orbax keeps its values
-and shardings.
+and shardings; `train()` with a mesh in its config, stopped and resumed, ends where the one-device run ends.
 
 JAX reads the device count once, so the comparisons run in a subprocess (`python -m` this module) with
 XLA_FLAGS=--xla_force_host_platform_device_count=8, and report one JSON line.
@@ -26,7 +26,10 @@ from wan22_jax.training import lora as lora_mod
 from wan22_jax.training.checkpoint import TrainCheckpointer
 from wan22_jax.training.config import TrainConfig
 from wan22_jax.training.placement import batch_shardings, dotted_specs, put, state_shardings, tree_shardings
+from wan22_jax.training.loop import train
 from wan22_jax.training.step import Placement, full_params, init_state, make_train_step
+
+from .conftest import TINY_RUN
 
 ROOT = Path(__file__).parents[2]
 DEVICE_FLAG = "--xla_force_host_platform_device_count=8"
@@ -109,9 +112,28 @@ def run_case(name, preset, mesh_spec, lora, fields):
     return out
 
 
+def run_loop():
+    """`wan22 train`'s loop with a mesh in the config: stopped after step 2 (a sharded checkpoint), resumed to 3,
+    against the same run on one device."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = dict(TINY_RUN, steps=3, train={**TINY_RUN["train"], "lr": 1e-4})
+        single = train(dict(cfg, out_dir=f"{tmp}/one"))
+        sharded = dict(cfg, out_dir=f"{tmp}/mesh", mesh={"spec": "data=2,fsdp=2,seq=2"})
+        first = train(dict(sharded, stop_after=2))
+        resumed = train(sharded)
+        kernel = resumed["state"]["params"]["blocks"]["ffn"]["0"]["kernel"]
+        return {"params_rel": _rel(resumed["state"]["params"], single["state"]["params"]),
+                "ema_rel": _rel(resumed["state"]["ema"], single["state"]["ema"]),
+                "stopped_at": first["step"], "resumed_to": resumed["step"],
+                "weight_devices": len({s.device for s in kernel.addressable_shards
+                                       if s.index != (slice(None),) * 3})}
+
+
 def main():
     assert jax.device_count() == 8, jax.device_count()
-    print("RESULT " + json.dumps({c[0]: run_case(*c) for c in CASES}), flush=True)
+    results = {c[0]: run_case(*c) for c in CASES}
+    results["loop"] = run_loop()
+    print("RESULT " + json.dumps(results), flush=True)
 
 
 @pytest.mark.slow  # about 2 minutes on 2 cores (six compiles)
@@ -124,6 +146,9 @@ def test_sharded_step_equals_single_device():
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-5000:]
     results = json.loads(lines[-1][len("RESULT "):])
     print(json.dumps(results, indent=1))
+    loop = results.pop("loop")
+    assert loop["stopped_at"] == 2 and loop["resumed_to"] == 3 and loop["weight_devices"] > 1, loop
+    assert loop["params_rel"] <= TOL and loop["ema_rel"] <= TOL, loop
     assert set(results) == {c[0] for c in CASES}
     for name, r in results.items():
         assert r["moved"] > 1e-4, (name, r)  # the steps changed the params: the comparison means something

@@ -77,9 +77,9 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
     if cfg.moment_dtype == "float32":
         parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
-    else:  # optax.adamw's own chain with the low-precision moments
-        parts += [scale_by_adam_stored_as(cfg.b1, cfg.b2, jnp.dtype(cfg.moment_dtype)),
-                  optax.add_decayed_weights(cfg.weight_decay), optax.scale_by_learning_rate(schedule)]
+    else:  # optax.adamw's own chain with the low-precision moments (the same state layout: opt_state[-1][0])
+        parts.append(optax.chain(scale_by_adam_stored_as(cfg.b1, cfg.b2, jnp.dtype(cfg.moment_dtype)),
+                                 optax.add_decayed_weights(cfg.weight_decay), optax.scale_by_learning_rate(schedule)))
     return optax.chain(*parts)
 
 

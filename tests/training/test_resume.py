@@ -86,8 +86,9 @@ def _run(config: dict, tmp: Path, name: str) -> subprocess.Popen:
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_run):
     # three `wan22 train` subprocesses, about a minute on 2 cores: part of the default suite (issue 8 asks CI
     # to kill a real run)
-    uninterrupted = dict(tiny_run, out_dir=str(tmp_path / "a"), checkpoint={"dir": str(tmp_path / "a" / "ckpt")})
-    killed = dict(tiny_run, out_dir=str(tmp_path / "b"), checkpoint={"dir": str(tmp_path / "b" / "ckpt")})
+    uninterrupted, killed = (dict(tiny_run, out_dir=str(tmp_path / name),
+                                  checkpoint={**tiny_run["checkpoint"], "dir": str(tmp_path / name / "ckpt")})
+                             for name in ("a", "b"))
     proc = _run(killed, tmp_path, "b")
     deadline = time.time() + 500
     while time.time() < deadline:

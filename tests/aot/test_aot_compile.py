@@ -89,3 +89,11 @@ def test_lora_train_step_compiles_on_one_gpu(tmp_path):
     (stage,) = doc["stages"]
     assert stage["stage"] == "lora-train-step" and "LoRA rank 2" in stage["note"]
     assert stage["alias"] > 0 and not stage["collectives"]
+
+
+def test_train_step_of_an_image_latent_dit_is_refused_in_one_line(tmp_path, capsys):
+    _need("cuda")
+    code = main(["aot", "--models", "tiny", "--size", "256x128", "--frames", "9", "--target", "h100",
+                 "--task", "i2v-A14B", "--program", "train-step"])
+    assert code == 2
+    assert "training compiles for DiTs without image-latent channels" in capsys.readouterr().err

@@ -39,7 +39,8 @@ TINY_RUN = {
     "dit": {"model_type": "ti2v", "text_len": 24, "in_dim": 3, "out_dim": 3, "dim": 32, "ffn_dim": 64,
             "freq_dim": 16, "text_dim": 16, "num_heads": 2, "num_layers": 1},
     "train": {"lr": 3e-3, "warmup_steps": 2, "total_steps": 8},
-    "batch_size": 2, "steps": 8, "save_every": 4, "eval_every": 4, "eval_batch": 2, "keep": 2, "progress": False,
+    "batch_size": 2, "steps": 8, "checkpoint": {"every": 4, "keep": 2}, "eval": {"every": 4, "batch": 2},
+    "progress": False,
 }
 
 
@@ -344,8 +345,8 @@ def test_table_size():
 
 # ---- interrupts
 def test_sigint_during_training_saves_a_checkpoint_and_resume_says_so(tmp_path):
-    cfg = {**TINY_RUN, "out_dir": str(tmp_path / "run"), "steps": 100000, "save_every": 100000,
-           "eval_every": 100000}
+    cfg = {**TINY_RUN, "out_dir": str(tmp_path / "run"), "steps": 100000, "checkpoint": {"every": 100000},
+           "eval": {"every": 100000}}
     path = _train_config(tmp_path, json.dumps(cfg))
     proc = subprocess.Popen([sys.executable, "-m", "wan22_jax", "train", str(path)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

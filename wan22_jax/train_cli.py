@@ -1,5 +1,6 @@
-"""`wan22 train CONFIG.json`: train a DiT (or a LoRA on one) on the mini-world; see wan22_jax/training/loop.py
-for the config fields. Re-running the same command resumes from the last checkpoint."""
+"""`wan22 train CONFIG.json`: train a DiT (or a LoRA on one) on the mini-world, on one device or sharded over a
+mesh; the config is a `RunConfig` (wan22_jax/training/run_config.py; `wan22 train --help` lists every field).
+Re-running the same command resumes from the last checkpoint."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from pathlib import Path
 from wan22_jax.errors import ConfigError
 from wan22_jax.ops.options import add_kernel_arguments, kernels_from_args
 from wan22_jax.training.loop import train
+from wan22_jax.training.run_config import describe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="a JSON training config (see wan22_jax/training/loop.py)")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the field table's layout
+    parser.epilog = describe()
+    parser.add_argument("config", help="a JSON training config (a RunConfig: the fields below)")
     parser.add_argument("--steps", type=int, default=None, help="override the config's step count")
     parser.add_argument("--out-dir", default=None, help="override the config's out_dir")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")

@@ -57,7 +57,8 @@ def stage_vae(run: Path, steps: int) -> Path:
 
 def dit_config(run: Path) -> dict:
     cfg = json.loads((HERE / "dit_latent.json").read_text())
-    cfg.update(out_dir=str(run / "dit"), vae=str(run / "vae_export"), checkpoint_dir=str(run / "dit" / "ckpt"))
+    cfg.update(out_dir=str(run / "dit"), vae=str(run / "vae_export"),
+               checkpoint={**cfg["checkpoint"], "dir": str(run / "dit" / "ckpt")})
     return cfg
 
 

@@ -41,8 +41,9 @@ def run_size(name, dim, ffn, heads, layers, *, vae: str, steps: int, batch: int,
     cfg["dit"] = {**cfg["dit"], "dim": dim, "ffn_dim": ffn, "num_heads": heads, "num_layers": layers}
     cfg["world"] = {**cfg["world"], "clips": 1024}
     cfg["train"] = {**cfg["train"], "total_steps": steps, "warmup_steps": min(50, steps // 10)}
-    cfg.update(out_dir=str(root / name), checkpoint_dir=str(root / name / "ckpt"), vae=vae, steps=steps,
-               batch_size=batch, save_every=max(100, steps // 3), eval_every=steps, progress=False)
+    cfg.update(out_dir=str(root / name), vae=vae, steps=steps, batch_size=batch, progress=False,
+               checkpoint={**cfg["checkpoint"], "dir": str(root / name / "ckpt"), "every": max(100, steps // 3)},
+               eval={**cfg["eval"], "every": steps})
     out = train(cfg)
     with open(root / name / "eval.csv") as f:
         last = list(csv.DictReader(f))[-1]

@@ -77,3 +77,33 @@ def test_int8_weights_shrink_the_compiled_arguments(tmp_path):
     assert code == 0 and code8 == 0 and int8["weights"] == "int8" and bf16["weights"] is None
     # the DiT's block Linears at 1 byte instead of 2 (plus fp32 scales); the inputs are the same
     assert int8["stages"][0]["argument"] < bf16["stages"][0]["argument"]
+
+
+def test_train_step_compiles_sharded_with_its_state_donated(tmp_path):
+    _need("cuda")
+    code, doc = _run(tmp_path, "--target", "h100x8", "--task", "ti2v-5B", "--program", "train-step",
+                     "--mesh", "fsdp=4,seq=2", "--attention", "cudnn", "--remat", "full", "--moment-dtype", "bf16")
+    assert code == 0 and doc["fits"]
+    (stage,) = doc["stages"]
+    assert stage["stage"] == "train-step" and "full fine-tune" in stage["note"] and "moments bfloat16" in stage["note"]
+    assert "__cudnn$fmhaSoftmaxBackward" in stage["custom_calls"]  # the flash kernel's own backward, in shard_map
+    assert stage["alias"] > 0  # the state is donated: the new state reuses its buffers
+    assert stage["collectives"]["all-to-all"]["count"] > 0
+
+
+def test_lora_train_step_compiles_on_one_gpu(tmp_path):
+    _need("cuda")
+    code, doc = _run(tmp_path, "--target", "h100", "--task", "ti2v-5B", "--program", "lora-train-step",
+                     "--attention", "cudnn", "--lora-rank", "2")
+    assert code == 0 and doc["fits"]
+    (stage,) = doc["stages"]
+    assert stage["stage"] == "lora-train-step" and "LoRA rank 2" in stage["note"]
+    assert stage["alias"] > 0 and not stage["collectives"]
+
+
+def test_train_step_of_an_image_latent_dit_is_refused_in_one_line(tmp_path, capsys):
+    _need("cuda")
+    code = main(["aot", "--models", "tiny", "--size", "256x128", "--frames", "9", "--target", "h100",
+                 "--task", "i2v-A14B", "--program", "train-step"])
+    assert code == 2
+    assert "training compiles for DiTs without image-latent channels" in capsys.readouterr().err

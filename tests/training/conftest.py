@@ -22,7 +22,8 @@ TINY_RUN = {
     "dit": {"model_type": "ti2v", "text_len": 24, "in_dim": 3, "out_dim": 3, "dim": 32, "ffn_dim": 64,
             "freq_dim": 16, "text_dim": 16, "num_heads": 2, "num_layers": 1},
     "train": {"lr": 3e-3, "warmup_steps": 2, "total_steps": 8, "ema_decay": 0.9, "first_frame_prob": 0.5},
-    "batch_size": 2, "steps": 8, "save_every": 2, "eval_every": 4, "eval_batch": 2, "keep": 2, "progress": False,
+    "batch_size": 2, "steps": 8, "checkpoint": {"every": 2, "keep": 2}, "eval": {"every": 4, "batch": 2},
+    "progress": False,
 }
 
 

@@ -86,12 +86,13 @@ def _run(config: dict, tmp: Path, name: str) -> subprocess.Popen:
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_run):
     # three `wan22 train` subprocesses, about a minute on 2 cores: part of the default suite (issue 8 asks CI
     # to kill a real run)
-    uninterrupted = dict(tiny_run, out_dir=str(tmp_path / "a"), checkpoint_dir=str(tmp_path / "a" / "ckpt"))
-    killed = dict(tiny_run, out_dir=str(tmp_path / "b"), checkpoint_dir=str(tmp_path / "b" / "ckpt"))
+    uninterrupted, killed = (dict(tiny_run, out_dir=str(tmp_path / name),
+                                  checkpoint={**tiny_run["checkpoint"], "dir": str(tmp_path / name / "ckpt")})
+                             for name in ("a", "b"))
     proc = _run(killed, tmp_path, "b")
     deadline = time.time() + 500
     while time.time() < deadline:
-        ckpt_dir = Path(killed["checkpoint_dir"])
+        ckpt_dir = Path(killed["checkpoint"]["dir"])
         committed = [p for p in ckpt_dir.glob("*") if p.name.isdigit()] if ckpt_dir.is_dir() else []
         if any(int(p.name) >= 4 for p in committed):
             break
@@ -102,7 +103,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_run):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    interrupted_at = TrainCheckpointer(killed["checkpoint_dir"]).latest_step()
+    interrupted_at = TrainCheckpointer(killed["checkpoint"]["dir"]).latest_step()
     assert interrupted_at is not None and interrupted_at < killed["steps"]
 
     resumed = _run(killed, tmp_path, "b")
@@ -112,15 +113,15 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_run):
 
     steps = killed["steps"]
     from wan22_jax.training.loop import train  # noqa: F401 (same package the subprocesses ran)
-    template_dir = Path(uninterrupted["checkpoint_dir"])
+    template_dir = Path(uninterrupted["checkpoint"]["dir"])
     a = TrainCheckpointer(template_dir)
-    b = TrainCheckpointer(killed["checkpoint_dir"])
+    b = TrainCheckpointer(killed["checkpoint"]["dir"])
     assert a.latest_step() == b.latest_step() == steps
     # restore both onto the structure Orbax recorded (no template needed for an exact comparison)
     import orbax.checkpoint as ocp
     with ocp.StandardCheckpointer() as reader:
         sa = reader.restore(template_dir / str(steps) / "state")
-        sb = reader.restore(Path(killed["checkpoint_dir"]) / str(steps) / "state")
+        sb = reader.restore(Path(killed["checkpoint"]["dir"]) / str(steps) / "state")
     _assert_trees_equal(sa, sb)
     assert int(sb["step"]) == steps
     # the loss log of the resumed run has each step exactly once

@@ -106,3 +106,35 @@ def test_bad_config_is_refused():
         TrainConfig(t_range=(0.9, 0.2))
     with pytest.raises(ConfigError, match="t_sampling"):
         TrainConfig(t_sampling="cosine")
+
+
+def test_state_holds_only_what_is_asked_for(tiny_dit):
+    graphdef, params = tiny_dit
+    n = sum(x.size for x in jax.tree.leaves(params))
+    lean = init_state(params, TrainConfig(moment_dtype="bf16"))
+    assert "ema" not in lean  # ema_decay 0: no EMA copy
+    mu_nu = [x for x in jax.tree.leaves(lean["opt_state"]) if x.size > 1]
+    assert {x.dtype for x in mu_nu} == {jnp.dtype(jnp.bfloat16)} and sum(x.size for x in mu_nu) == 2 * n
+    full = init_state(params, TrainConfig(ema_decay=0.9))
+    assert "ema" in full and {x.dtype for x in jax.tree.leaves(full["opt_state"]) if x.size > 1} == {
+        jnp.dtype(jnp.float32)}
+
+
+def test_bf16_moments_follow_the_fp32_optimizer(tiny_dit):
+    # the same steps with moments stored in bf16: the moments stay bf16, the params move the same way (an Adam
+    # update is m / sqrt(v): bf16 rounding of both changes it by well under 1 %)
+    graphdef, params = tiny_dit
+    batch = make_batch(1, 2)
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = TrainConfig(lr=1e-3, warmup_steps=0, total_steps=3, moment_dtype=dtype)
+        step = make_train_step(graphdef, cfg)
+        state = init_state(params, cfg)
+        for _ in range(2):
+            state, _ = step(state, batch)
+        out[dtype] = state
+    adam = out["bfloat16"]["opt_state"][1][0]
+    assert adam.mu["head"]["head"]["kernel"].dtype == jnp.bfloat16
+    assert adam.nu["blocks"]["ffn"]["0"]["kernel"].dtype == jnp.bfloat16
+    moved = {k: jax.tree.map(lambda a, b: a - b, out[k]["params"], params) for k in out}
+    assert rel_err(moved["bfloat16"], moved["float32"]) < 0.02

@@ -3,6 +3,8 @@
     JAX_PLATFORMS=cpu wan22 aot --target h100x8 --task t2v-A14B --program generate --mesh fsdp=4,seq=2 \
         --attention cudnn
     JAX_PLATFORMS=cpu wan22 aot --target v6e-8 --task t2v-A14B --program sample --mesh fsdp=8 --attention splash
+    JAX_PLATFORMS=cpu wan22 aot --target h100x8 --task ti2v-5B --program train-step --mesh fsdp=4,seq=2 \
+        --attention cudnn --remat full
 
 Needs the `aot` extra (libtpu and the CUDA plugin) in an environment of its own; without it a TPU/GPU target
 is refused in one line naming the extra. Nothing full-size is allocated: parameters and inputs are abstract.
@@ -11,6 +13,7 @@ is refused in one line naming the extra. Nothing full-size is allocated: paramet
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -28,6 +31,8 @@ from wan22_jax.ops import Kernels
 from wan22_jax.ops.kernels import ATTENTIONS
 from wan22_jax.ops.quant import WEIGHT_MODES
 from wan22_jax.sharding.rules import MESH_AXES, parse_mesh_spec
+from wan22_jax.training.config import REMAT_POLICIES, TrainConfig
+from wan22_jax.training.lora import LoraConfig
 
 ATTENTION_KERNELS = tuple(a for a in ATTENTIONS if a != "cpu")  # the CPU kernels never run on a target
 DTYPES = {"bf16": jnp.bfloat16, "fp32": jnp.float32}
@@ -56,6 +61,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae-overlap", type=int, default=64, help="VAE tile overlap in pixels")
     p.add_argument("--offload-experts", action="store_true",
                    help="A14B: one expert on the device at a time (one sample stage per expert)")
+    train = p.add_argument_group("training programs (train-step, lora-train-step)")
+    train.add_argument("--remat", default="full", choices=("none",) + REMAT_POLICIES,
+                       help="rematerialise each DiT block in the backward pass with this policy (default full)")
+    train.add_argument("--moment-dtype", default="fp32", choices=sorted(DTYPES), help="Adam moments' dtype")
+    train.add_argument("--ema", action="store_true", help="keep an EMA copy of the weights in the state")
+    train.add_argument("--train-batch", type=int, default=None,
+                       help="samples per step (default: the mesh's data axis size)")
+    train.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
+    train.add_argument("--lora-rank", type=int, default=32, help="lora-train-step: adapter rank")
     p.add_argument("--json", default=None, help="also write the reports to this JSON file ('-': stdout only)")
 
 
@@ -78,9 +92,18 @@ def make_plan(args: argparse.Namespace, devices: list) -> Plan:
     tiling = None if args.vae_tile is None else Tiling(tile=args.vae_tile, overlap=args.vae_overlap)
     if args.offload_experts and not task.two_experts:
         raise InputError(f"--offload-experts: task {task.name} has one DiT")
+    train = TrainConfig(remat=args.remat != "none", remat_policy="full" if args.remat == "none" else args.remat,
+                        moment_dtype=args.moment_dtype, ema_decay=0.9999 if args.ema else 0.0,
+                        grad_accum=args.grad_accum,
+                        # ti2v trains t2v and first-frame i2v together: half the samples keep a clean frame 0
+                        first_frame_prob=0.5 if task.mode == "ti2v" else 0.0)
+    batch = sizes["data"] if args.train_batch is None else args.train_batch
+    if batch < 1:
+        raise InputError(f"--train-batch {batch}: must be >= 1")
     return Plan(task, models_for(task, args.models), width, height, args.frames or task.frame_num,
                 DTYPES[args.dtype], Kernels(attention=args.attention), mesh, steps=args.steps, image=args.image,
-                vae_tiling=tiling, offload_experts=args.offload_experts, weights=args.weights)
+                vae_tiling=tiling, offload_experts=args.offload_experts, weights=args.weights, train=train,
+                train_batch=batch, lora=dataclasses.replace(LoraConfig(), rank=args.lora_rank, alpha=float(args.lora_rank)))
 
 
 def main(args: argparse.Namespace) -> int:

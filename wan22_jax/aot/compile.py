@@ -98,7 +98,7 @@ def compile_stage(stage: Stage, target: Target, mesh: Mesh) -> tuple[StageReport
     """Lowers and compiles `stage` for the target's mesh; returns (report, compiled or None on OOM)."""
     t0 = time.perf_counter()
     with jax.set_mesh(mesh):
-        lowered = jax.jit(stage.fn).lower(*stage.args)
+        lowered = jax.jit(stage.fn, donate_argnums=stage.donate, out_shardings=stage.out_shardings).lower(*stage.args)
         try:
             compiled = lowered.compile()
         except Exception as e:  # noqa: BLE001 - XlaRuntimeError; only out-of-memory is a measurement

@@ -10,6 +10,12 @@ allocated.
 
 Stages of `generate`, in the order they run: text-encode (prompt, then negative prompt), vae-encode (image tasks),
 sample (the whole loop; with `offload_experts` one stage per A14B expert, the other one on the host), vae-decode.
+
+Training: `train-step` is one full fine-tuning step of the DiT (`training.step.train_step_fn`: forward, backward,
+AdamW, EMA if asked) with the whole training state (fp32 master weights, moments, EMA) and the batch split by
+`training/placement.py` (the inference rules), the state donated; `lora-train-step` the same for a LoRA on a
+frozen base DiT sharded the same way. An A14B task compiles one expert's step (each expert trains alone, on its
+own timestep range).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from wan22_jax.configs import TaskConfig
+from wan22_jax.errors import ConfigError
 from wan22_jax.flops import dit_forward_flops, jaxpr_flops, t5_forward_flops
 from wan22_jax.models import vae as vae_api
 from wan22_jax.models.dit import DIT_PRESETS, DiTConfig, WanModel
@@ -42,8 +49,13 @@ from wan22_jax.samplers.loop import step_rows
 from wan22_jax.sharding.rules import ACTIVATION_RULES, param_specs, resolve_spec
 from wan22_jax.state import fill_state, flat_state
 from wan22_jax.text_encoder import encode_zero_padded
+from wan22_jax.training import lora as lora_mod
+from wan22_jax.training.config import TrainConfig
+from wan22_jax.training.placement import batch_shardings, dotted_specs, state_shardings, tree_shardings
+from wan22_jax.training.step import Placement, full_params, init_state, train_step_fn
 
-PROGRAMS = ("dit-step", "sample", "text-encode", "vae-encode", "vae-decode", "generate")
+PROGRAMS = ("dit-step", "sample", "text-encode", "vae-encode", "vae-decode", "generate", "train-step",
+            "lora-train-step")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +92,8 @@ class Stage:
     weight_bytes: int = 0
     weight_passes: int = 1
     note: str = ""
+    donate: tuple[int, ...] = ()  # arguments whose buffers the program reuses (a training state)
+    out_shardings: Any = None
 
 
 def _sds(shape, dtype, mesh: Mesh, spec=None) -> jax.ShapeDtypeStruct:
@@ -118,6 +132,9 @@ class Plan:
     vae_tiling: Tiling | None = None
     offload_experts: bool = False
     weights: str | None = None  # "int8" / "fp8": the DiT and umT5 Linears quantised (`ops.quant`)
+    train: TrainConfig = TrainConfig()  # train-step programs: optimizer, remat, EMA (dtype and attention: above)
+    train_batch: int = 1  # samples per training step
+    lora: lora_mod.LoraConfig = lora_mod.LoraConfig()
 
 
 def _request(plan: Plan):
@@ -285,6 +302,55 @@ def dit_step(plan: Plan, request) -> Stage:
     return Stage("dit-step", fn, (state, x, t, kv, y), flops, runs=request.steps, weight_bytes=size)
 
 
+def _placed(tree, shardings):
+    return jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), tree, shardings)
+
+
+def train_step(plan: Plan, request, lora: bool = False) -> Stage:
+    """One training step at the request's latent size: `train_batch` samples, each drawing its own t (and, for
+    ti2v with `first_frame_prob`, a clean first frame); the state (params or adapters, moments, EMA) donated."""
+    cfg = plan.models.dit
+    if cfg.in_dim != request.latent_shape[0]:
+        raise ConfigError(f"{plan.task.name}: training compiles for DiTs without image-latent channels (t2v, "
+                          f"ti2v and the t2v-A14B experts); this DiT takes {cfg.in_dim} input channels")
+    tc = dataclasses.replace(plan.train, dtype="bfloat16" if plan.dtype == jnp.bfloat16 else "float32",
+                             attention=plan.kernels.attention)
+    model = lambda: WanModel(cfg, dtype=plan.dtype, param_dtype=jnp.float32, kernels=plan.kernels)  # noqa: E731
+    graphdef, abstract = nnx.split(nnx.eval_shape(model))
+    mesh = plan.mesh
+    specs = dotted_specs(abstract, "dit", mesh)
+    base = nnx.to_pure_dict(abstract)
+    frozen = frozen_sh = None
+    params, params_fn = base, full_params
+    if lora:
+        params = jax.eval_shape(lambda: lora_mod.init_lora(base, plan.lora))
+        frozen, params_fn = base, lora_mod.lora_params_fn(plan.lora)
+        frozen_sh = tree_shardings(frozen, specs, mesh)
+    state = jax.eval_shape(lambda p: init_state(p, tc), params)
+    state_sh = state_shardings(state, specs, mesh)
+    grid = request.latent_shape[1:]
+    z = request.latent_shape[0]
+    batch = {"latents": jax.ShapeDtypeStruct((tc.grad_accum, plan.train_batch, z, *grid), jnp.float32),
+             "context": jax.ShapeDtypeStruct((tc.grad_accum, plan.train_batch, cfg.text_len, cfg.text_dim),
+                                             jnp.float32)}
+    placement = Placement(mesh, state_sh, batch_shardings(batch, mesh), frozen_sh)
+    step = train_step_fn(graphdef, tc, params_fn, None, placement)
+    args = (_placed(state, state_sh), _placed(batch, placement.batch),
+            None if frozen is None else _placed(frozen, frozen_sh))
+    groups = grid[0] if tc.first_frame_prob > 0 else 1
+    forward = dit_forward_flops(cfg, grid, batch=plan.train_batch * tc.grad_accum, time_groups=groups)
+    passes = 4 if tc.remat else 3  # forward, backward (2x), and the forward again under remat
+    size = sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(state["params"]))
+    frozen_size = 0 if frozen is None else sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(frozen))
+    remat = tc.remat_policy if tc.remat else "none"
+    what = f"LoRA rank {plan.lora.rank} on a frozen fp32 base" if lora else "full fine-tune"
+    note = (f"{what}: batch {plan.train_batch} x accum {tc.grad_accum}, remat {remat}, moments {tc.moment_dtype}, "
+            f"EMA {'on' if tc.ema_decay > 0 else 'off'}")
+    return Stage("lora-train-step" if lora else "train-step", step, args, passes * forward,
+                 weight_bytes=size + frozen_size, weight_passes=passes, note=note, donate=(0,),
+                 out_shardings=(state_sh, None))
+
+
 def stages(plan: Plan, program: str) -> list[Stage]:
     """The stages of `program` (one of PROGRAMS) for `plan`, in the order a generation runs them (traced under
     the plan's mesh: the models' sharding constraints and the attention kernels read it)."""
@@ -296,6 +362,8 @@ def stages(plan: Plan, program: str) -> list[Stage]:
 def _stages(plan: Plan, program: str, request) -> list[Stage]:
     if program == "dit-step":
         return [dit_step(plan, request)]
+    if program in ("train-step", "lora-train-step"):
+        return [train_step(plan, request, lora=program == "lora-train-step")]
     if program == "sample":
         return sample(plan, request)
     if program == "text-encode":
@@ -311,4 +379,4 @@ def _stages(plan: Plan, program: str, request) -> list[Stage]:
 
 
 __all__ = ["PROGRAMS", "Models", "models_for", "Stage", "Plan", "sharded_abstract", "stages", "text_encode",
-           "vae_encode", "vae_decode", "sample", "dit_step"]
+           "vae_encode", "vae_decode", "sample", "dit_step", "train_step"]

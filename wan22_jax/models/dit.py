@@ -317,7 +317,8 @@ class WanModel(nnx.Module):
       context_kv: precomputed `encode_context(context)` to reuse across denoising steps (then `context` is unused).
       kv_mask: optional [B, L] bool, False for padded tokens that self-attention must ignore.
       remat: rematerialise each block in the backward pass (jax.checkpoint on the scanned block): activation
-        memory of one block instead of all, for one extra forward per block.
+        memory of one block instead of all, for one extra forward per block; True saves only each block's input,
+        a `jax.checkpoint_policies` policy also saves what it names (e.g. the matmul outputs).
       return_intermediates: also return {"patch_embedding": [B, L, D], "blocks": [layers, B, L, D] (each block's
         output), "time_embedding": [B, G, D], "time_projection": [B, G, 6, D]}.
     Returns:
@@ -456,8 +457,8 @@ class WanModel(nnx.Module):
                         ("batch", "tokens", "embed"))
             return out, (out if return_intermediates else None)
 
-        if remat:  # training: keep only each block's input, recompute its activations in the backward pass
-            body = jax.checkpoint(body)
+        if remat:  # training: keep only each block's input (or what a policy saves), recompute the rest backward
+            body = jax.checkpoint(body, policy=None if remat is True else remat)
         layer_ids = jnp.arange(self.cfg.num_layers)
         return jax.lax.scan(body, h, (layer_ids, state, *inp.context_kv))
 

@@ -9,6 +9,10 @@ from wan22_jax.configs import dtype_name
 from wan22_jax.errors import ConfigError, InputError
 
 T_SAMPLINGS = ("uniform", "logit_normal")
+ATTENTIONS = ("xla", "dot_product", "cudnn", "splash")  # ops.kernels.ATTENTIONS less the CPU-only kernel
+# jax.checkpoint policies of a rematerialised block: "full" saves only its input; "dots" also every matmul
+# output; "dots_no_batch" the matmul outputs without batch dimensions (the weight-side products)
+REMAT_POLICIES = ("full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16")  # canonical names; "fp32" and "bf16" are accepted too (configs.DTYPE_NAMES)
 
 
@@ -19,7 +23,7 @@ class TrainConfig:
     lr, warmup_steps, total_steps: AdamW with linear warmup then cosine decay to `lr * final_lr_ratio`.
     grad_clip: global-norm clipping (0 disables). grad_accum: micro-batches per step (the batch carries a
       leading [grad_accum] axis; the mean gradient over all samples is exactly that of the big batch).
-    ema_decay: EMA of the weights (0 disables: `ema` then mirrors the params).
+    ema_decay: EMA of the weights (0 disables it: the state then holds no EMA copy at all).
     shift: the samplers' resolution shift applied to the sampled sigma (`samplers.shift_sigmas`).
     t_sampling: base distribution of sigma before the shift: "uniform" or "logit_normal" (mean 0, std 1).
     t_range: (lo, hi) in [0, 1]: this model only sees shifted sigmas in [lo, hi) — an A14B expert trains on
@@ -29,9 +33,15 @@ class TrainConfig:
     text_dropout: probability that a sample's context is zeroed (the null condition classifier-free guidance
       needs).
     dtype: compute dtype of the DiT, any spelling of `configs.DTYPE_NAMES` ("bf16", "float32"...), stored as
-      "float32" or "bfloat16" (the master weights and optimizer state are always float32).
+      "float32" or "bfloat16" (the master weights are always float32).
+    moment_dtype: dtype the two Adam moments are stored in ("float32" or "bfloat16": 4 bytes less per
+      parameter each; the update itself is computed in float32).
     remat: rematerialise every DiT block in the backward pass (jax.checkpoint on the scanned block): the
       activation memory of one block instead of all of them, for about one extra forward.
+    remat_policy: what a rematerialised block keeps: "full" (its input only), "dots" (also every matmul
+      output), "dots_no_batch" (matmul outputs without a batch dimension).
+    attention: the DiT's attention kernel while training (`ops.Kernels.attention`): "xla" (anywhere),
+      "dot_product", "cudnn" (NVIDIA, bf16) or "splash" (TPU); on a mesh cudnn and splash run in shard_map.
     """
 
     lr: float = 1e-4
@@ -51,7 +61,10 @@ class TrainConfig:
     text_dropout: float = 0.0
     num_train_timesteps: int = 1000
     dtype: str = "float32"
+    moment_dtype: str = "float32"
     remat: bool = False
+    remat_policy: str = "full"
+    attention: str = "xla"
     seed: int = 0
 
     def __post_init__(self):
@@ -62,8 +75,14 @@ class TrainConfig:
             raise ConfigError(str(e)) from None
         if self.t_sampling not in T_SAMPLINGS:
             raise ConfigError(f"t_sampling {self.t_sampling!r} is not one of {T_SAMPLINGS}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype {self.dtype!r} is not one of {DTYPES}")
+        try:
+            object.__setattr__(self, "moment_dtype", dtype_name(self.moment_dtype, "moment_dtype"))
+        except InputError as e:
+            raise ConfigError(str(e)) from None
+        for name, allowed in (("dtype", DTYPES), ("moment_dtype", DTYPES), ("remat_policy", REMAT_POLICIES),
+                              ("attention", ATTENTIONS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} {getattr(self, name)!r} is not one of {allowed}")
         lo, hi = self.t_range
         if not 0.0 <= lo < hi <= 1.0:
             raise ConfigError(f"t_range {self.t_range}: need 0 <= lo < hi <= 1")

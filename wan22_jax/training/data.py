@@ -32,6 +32,13 @@ class WorldConfig:
     clips: int = 512
     pixel_stride: int = 4
 
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            low = 0 if f.name == "seed" else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"world.{f.name}={v!r}: must be a whole number >= {low}")
+
     def world(self, split: str = "train", seed_offset: int = 0) -> MiniWorld:
         return MiniWorld(height=self.height, width=self.width, frames=self.frames, split=split,
                          seed=self.seed + seed_offset)

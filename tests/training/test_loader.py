@@ -125,6 +125,7 @@ def test_token_ids_mode_and_bad_settings(tmp_path, data):
         Loader(data, batch_size=2, images=True, process_index=0, process_count=1)
 
 
+@pytest.mark.slow
 def test_batches_feed_the_train_step(tmp_path):
     """The loader's batches are what `make_train_step` takes (as LatentData's), and the step moves the data
     position by the loader's samples_per_batch."""

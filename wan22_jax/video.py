@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 from pathlib import Path
 
 import imageio_ffmpeg
 import mediapy
 import numpy as np
+import soundfile
 from PIL import Image
 
-from wan22_jax.errors import InputError
+from wan22_jax.errors import InputError, InputFileError
 from wan22_jax.io.atomic import atomic_path
 
 # mediapy calls `ffmpeg` from PATH unless told otherwise; the binary inside imageio-ffmpeg needs no system install.
@@ -45,22 +47,76 @@ def as_output(frames: np.ndarray, output_type: str):
     return frames
 
 
+# audio codec per container: the official merge_video_audio writes AAC at 192 kb/s into the mp4
+AUDIO_CODECS = {".mp4": "aac", ".mov": "aac", ".mkv": "aac", ".webm": "libopus"}
+
+
+def mux_audio(video_path: str | os.PathLike, audio, out_path: str | os.PathLike, *, duration: float,
+              audio_rate: int = 16000) -> Path:
+    """Writes `out_path`: the video stream of `video_path` copied, plus the audio trimmed to `duration` seconds
+    (the video's length; a shorter audio track just ends early), encoded as AAC (Opus for .webm).
+
+    Not atomic by itself: `Video.save` calls it on a temporary path and renames the result into place.
+
+    Args:
+      video_path: a silent video file. audio: an audio file path (any format ffmpeg reads) or mono float
+        samples [N] at audio_rate Hz. out_path: the muxed file (its extension picks the audio codec).
+      duration: seconds of audio to keep.
+    Returns:
+      out_path.
+    """
+    out_path = Path(out_path)
+    codec = AUDIO_CODECS.get(out_path.suffix.lower())
+    if codec is None:
+        raise InputError(f"{out_path}: {out_path.suffix!r} holds no audio track; use one of {sorted(AUDIO_CODECS)}")
+    if isinstance(audio, (str, os.PathLike)):
+        if not Path(audio).is_file():
+            raise InputFileError(f"audio file {str(audio)!r} does not exist")
+        audio_file, written = Path(audio), False
+    else:
+        samples = np.asarray(audio, np.float32)
+        if samples.ndim != 1:
+            raise InputError(f"audio has shape {samples.shape}; expected mono samples [N]")
+        audio_file, written = out_path.with_name(out_path.stem + ".audio.wav"), True
+        keep = int(np.ceil(duration * audio_rate))
+        soundfile.write(audio_file, samples[:keep], int(audio_rate), subtype="FLOAT")
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(video_path),
+           "-t", f"{duration:.6f}", "-i", str(audio_file), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
+           "-c:a", codec, "-b:a", "192k", str(out_path)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    finally:
+        if written:  # only our own temporary WAV, never the caller's file
+            audio_file.unlink(missing_ok=True)
+    if done.returncode != 0:
+        raise InputFileError(f"muxing the audio {audio_file.name} into {out_path.name} failed: "
+                             f"{done.stderr.strip()[-500:]}")
+    return out_path
+
+
 @dataclasses.dataclass(frozen=True)
 class Video:
-    """frames: [F, H, W, 3] uint8; fps: the task's default frame rate."""
+    """frames: [F, H, W, 3] uint8; fps: the task's default frame rate.
+
+    audio: an audio track saved with the video (S2V: the driving speech): a file path or mono float samples at
+      audio_rate Hz; None for a silent video.
+    """
 
     frames: np.ndarray
     fps: int = 16
+    audio: object = None
+    audio_rate: int = 16000
 
     def save(self, path: str | os.PathLike, fps: int | None = None, *, quality: int = 8) -> Path:
         """Writes an H.264 mp4 (libx264, imageio quality 8 like the official writer).
 
         Atomic: the file appears under its name only once complete, so an interrupted write (Ctrl-C, a full
-        disk) leaves no partial file.
+        disk) leaves no partial file. With an `audio` track, it is muxed in (`mux_audio`), trimmed to the video's
+        length, before the file appears.
 
         Args:
-          path: .mp4 (also .mov, .mkv, .webm, .gif). fps: frames per second (default: the task's).
-          quality: 0 (worst) to 10 (best).
+          path: .mp4 (also .mov, .mkv, .webm, .gif; .gif only without audio). fps: frames per second (default:
+            the task's). quality: 0 (worst) to 10 (best).
         Returns:
           The path written.
         """
@@ -68,13 +124,18 @@ class Video:
         fps = self.fps if fps is None else check_fps(fps)
         if path.suffix.lower() not in (".mp4", ".mov", ".mkv", ".webm", ".gif"):
             raise InputError(f"{path}: unsupported video extension {path.suffix!r} (use .mp4)")
+        if self.audio is not None and path.suffix.lower() not in AUDIO_CODECS:
+            raise InputError(f"{path}: this video has an audio track, which {path.suffix!r} cannot hold; use .mp4")
         with atomic_path(path) as tmp:
+            silent = tmp if self.audio is None else tmp.with_name("silent" + path.suffix.lower())
             if path.suffix.lower() == ".gif":
-                mediapy.write_video(tmp, self.frames, fps=fps, codec="gif")
+                mediapy.write_video(silent, self.frames, fps=fps, codec="gif")
             else:
                 # crf ~ imageio's quality 8 of 10; yuv420p keeps the file playable everywhere
                 crf = int(round(51 - quality * 51 / 10))
-                mediapy.write_video(tmp, self.frames, fps=fps, crf=crf)
+                mediapy.write_video(silent, self.frames, fps=fps, crf=crf)
+            if self.audio is not None:
+                mux_audio(silent, self.audio, tmp, duration=len(self.frames) / fps, audio_rate=self.audio_rate)
         return path
 
     def _repr_html_(self):  # inline display in notebooks

@@ -42,6 +42,7 @@ from wan22_jax.pipeline.files import (EXPERTS, check_json_files, default_checkpo
 from wan22_jax.pipeline.memory import lower_bound, refuse_if_too_big
 from wan22_jax.pipeline.plan import DenoisePlan, make_plan
 from wan22_jax.pipeline.progress import Progress, stage, step_reporter
+from wan22_jax.pipeline.s2v import TASK as S2V_TASK, S2VPipeline, is_s2v_folder
 from wan22_jax.pipeline.request import Request, StepCallback, validate_request
 from wan22_jax.sharding import make_mesh, mesh_context
 from wan22_jax.sharding.loading import place_state, vae_decode
@@ -107,7 +108,7 @@ class Wan22Pipeline:
 
         Args:
           path: the folder; None loads the embedded default model (see `default_checkpoint`).
-          task: "t2v-A14B", "i2v-A14B" or "ti2v-5B"; by default the folder's task.json if it has one, else
+          task: "t2v-A14B", "i2v-A14B", "ti2v-5B" or "s2v-14B"; by default the folder's task.json if it has one, else
             inferred from the DiT's model_type and experts.
           dtype: DiT compute/param dtype: "bf16" / "bfloat16" / jnp.bfloat16 or "fp32" / "float32" /
             jnp.float32 (the CLI's --dtype spellings); None: the task's (bf16 for releases, as the official
@@ -120,9 +121,13 @@ class Wan22Pipeline:
             by default on every backend; `Kernels.cpu()` for the CPU kernels, `Kernels(attention="cudnn")` etc.
           progress: a status bar while the components load.
         Returns:
-          The pipeline. Raises InputError (a bad argument), InputFileError (no such folder),
+          The pipeline (an S2V folder: a `pipeline.s2v.S2VPipeline`). Raises InputError (a bad argument),
+          InputFileError (no such folder),
           CheckpointFormatError (a corrupt or truncated file, named) or WeightMappingError (a tensor).
         """
+        if task == S2V_TASK or is_s2v_folder(path):  # S2V-14B: its own pipeline (pipeline/s2v.py)
+            return S2VPipeline.from_pretrained(path, task=task, dtype=dtype, t5_dtype=t5_dtype, mesh=mesh,
+                                               kernels=kernels, progress=progress)
         dtype = None if dtype is None else dtype_name(dtype, "dtype")
         t5_dtype = None if t5_dtype is None else dtype_name(t5_dtype, "t5_dtype")
         task_cfg = None if task is None else get_task(task)

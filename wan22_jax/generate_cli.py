@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
+from wan22_jax import generate_s2v
 from wan22_jax.bench.timing import peak_bytes
 from wan22_jax.conditioning import check_frames
 from wan22_jax.configs import DTYPE_NAMES, TASKS
@@ -32,7 +33,7 @@ EMBED_SUFFIXES = (".safetensors", ".npy")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", choices=sorted(TASKS), help="default: inferred from the checkpoint (tiny-random: "
+    p.add_argument("--task", choices=sorted([*TASKS, generate_s2v.TASK]), help="default: inferred from the checkpoint (tiny-random: "
                    "ti2v-5B)")
     p.add_argument("--prompt", help="the text (or give --prompt-embeds)")
     p.add_argument("--prompt-embeds", metavar="FILE", help="text-encoder output [L, text_dim] (or [1, L, text_dim])"
@@ -69,6 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae-tiling", action="store_true", help="decode in overlapping spatial tiles")
     p.add_argument("--mesh", metavar="SPEC", help="shard over a device mesh, e.g. fsdp=4,seq=2 (axes data, fsdp, "
                    "seq, tensor; the product must equal the device count)")
+    generate_s2v.add_arguments(p)
     add_kernel_arguments(p)
     p.add_argument("--out", default="out.mp4")
     p.add_argument("--fps", type=int, help="default: the task's (16 or 24)")
@@ -181,6 +183,8 @@ def check_arguments(args: argparse.Namespace) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     """Runs `wan22 generate`; the package's errors propagate to `wan22_jax.cli.main`, which prints them."""
+    if generate_s2v.wants_s2v(args):
+        return generate_s2v.main(args)
     t0 = time.perf_counter()
     call = check_arguments(args)
     loras = [parse_lora(text) for text in args.lora]

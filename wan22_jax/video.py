@@ -84,7 +84,7 @@ def mux_audio(video_path: str | os.PathLike, audio, out_path: str | os.PathLike,
            "-t", f"{duration:.6f}", "-i", str(audio_file), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
            "-c:a", codec, "-b:a", "192k", str(out_path)]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     finally:
         if written:  # only our own temporary WAV, never the caller's file
             audio_file.unlink(missing_ok=True)

@@ -42,8 +42,9 @@ from wan22_jax.pipeline.files import (EXPERTS, check_json_files, default_checkpo
 from wan22_jax.pipeline.memory import lower_bound, refuse_if_too_big
 from wan22_jax.pipeline.plan import DenoisePlan, make_plan
 from wan22_jax.pipeline.progress import Progress, stage, step_reporter
-from wan22_jax.pipeline.s2v import TASK as S2V_TASK, S2VPipeline, is_s2v_folder
 from wan22_jax.pipeline.request import Request, StepCallback, validate_request
+from wan22_jax.pipeline.s2v import TASK as S2V_TASK
+from wan22_jax.pipeline.s2v import S2VPipeline, is_s2v_folder
 from wan22_jax.sharding import make_mesh, mesh_context
 from wan22_jax.sharding.loading import place_state, vae_decode
 from wan22_jax.text_encoder import TextEncoder
@@ -108,8 +109,8 @@ class Wan22Pipeline:
 
         Args:
           path: the folder; None loads the embedded default model (see `default_checkpoint`).
-          task: "t2v-A14B", "i2v-A14B", "ti2v-5B" or "s2v-14B"; by default the folder's task.json if it has one, else
-            inferred from the DiT's model_type and experts.
+          task: "t2v-A14B", "i2v-A14B", "ti2v-5B" or "s2v-14B"; by default the folder's task.json if it has
+            one, else inferred from the DiT's model_type and experts (an S2V folder by its config.json).
           dtype: DiT compute/param dtype: "bf16" / "bfloat16" / jnp.bfloat16 or "fp32" / "float32" /
             jnp.float32 (the CLI's --dtype spellings); None: the task's (bf16 for releases, as the official
             --convert_model_dtype runs; fp32 for parity or the mini-world model).

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,10 +40,11 @@ from wan22_jax.configs import dtype_name
 from wan22_jax.convert.s2v import load_s2v
 from wan22_jax.convert.vae import load_vae
 from wan22_jax.convert.wav2vec2 import load_wav2vec2
-from wan22_jax.errors import InputError, InputFileError
+from wan22_jax.errors import InputError, InputFileError, Wan22Warning
 from wan22_jax.models import vae as vae_ops
-from wan22_jax.models.s2v.audio_encoder import (SAMPLE_RATE, VIDEO_RATE, WAV2VEC_FPS, encode_audio,
-                                                interpolation_frames, load_audio)
+from wan22_jax.models.s2v.audio_encoder import (SAMPLE_RATE, VIDEO_RATE, WAV2VEC_FPS, audio_embedding,
+                                                bucket_indices, interpolation_frames, linear_interpolation,
+                                                load_audio, normalize)
 from wan22_jax.models.s2v.model_s2v import S2VConfig
 from wan22_jax.ops import XLA, Kernels, with_kernels
 from wan22_jax.pipeline.files import check_json_files, load_text_encoder
@@ -160,6 +162,22 @@ def clip_count(n_samples: int, infer_frames: int, wav2vec_frames: Callable[[int]
     T30 the 30 fps audio frames (from the wav2vec2 frame count)."""
     t30 = interpolation_frames(wav2vec_frames(n_samples), WAV2VEC_FPS, VIDEO_RATE)
     return int(t30 / (infer_frames * (VIDEO_RATE / fps))) + 1
+
+
+# ------------------------------------------------------------------------------------------------ audio
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _hidden_states(graphdef, state, input_values, last_normed):
+    return nnx.merge(graphdef, state)(input_values, last_normed=last_normed)[:, 0]
+
+
+def audio_features(model, waveform: np.ndarray, infer_frames: int, *, fps: int = 16,
+                   last_normed: bool = True) -> tuple[np.ndarray, int]:
+    """`models.s2v.audio_encoder.encode_audio` with the wav2vec2 forward compiled once per waveform length:
+    [N] float32 at 16 kHz -> (audio_emb [1, 25, hidden, num_repeat * infer_frames], num_repeat)."""
+    hidden = _hidden_states(*nnx.split(model), jnp.asarray(normalize(waveform)), bool(last_normed))
+    feat = linear_interpolation(hidden)
+    idx, valid, num_repeat = bucket_indices(feat.shape[1], infer_frames, fps=fps)
+    return np.asarray(audio_embedding(feat, idx, valid)), num_repeat
 
 
 # ------------------------------------------------------------------------------------------------ the clip loop
@@ -444,6 +462,13 @@ class S2VPipeline:
         return cls(nnx.split(dit), dit.s2v, nnx.split(vae), vae.config, audio, text_encoder, dtype=dtype,
                    source=path, no_text_encoder_reason=why, audio_last_normed=bool(audio_last_normed))
 
+    def _encode_text(self, text: str) -> np.ndarray:
+        with warnings.catch_warnings():
+            if text == self.defaults.negative_prompt:  # the official default, not the user's words: a tokenizer
+                # gap or truncation there is not theirs to fix
+                warnings.simplefilter("ignore", Wan22Warning)
+            return np.asarray(self.text_encoder.encode(text)[0], np.float32)
+
     def _contexts(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds):
         """(context, context_null) as [L, text_dim] float32, from strings or given embeddings (checked)."""
         def one(text, embeds, name):
@@ -464,7 +489,7 @@ class S2VPipeline:
             if self.text_encoder is None:
                 raise InputError(f"{name} given as text but {self.no_text_encoder_reason or 'there is no text encoder'}"
                                  f"; pass {name}_embeds instead")
-            return lambda: np.asarray(self.text_encoder.encode(text)[0], np.float32)
+            return functools.partial(self._encode_text, text)
         neg = self.defaults.negative_prompt if negative_prompt is None and negative_prompt_embeds is None \
             else negative_prompt
         return one(prompt, prompt_embeds, "prompt"), one(neg, negative_prompt_embeds, "negative_prompt")
@@ -543,8 +568,7 @@ class S2VPipeline:
             pose = np.stack([resize_crop(f, height, width) for f in pose[:repeats * infer]])
         context, context_null = get_context(), get_null()
         with stage("encoding audio (wav2vec2)", progress):
-            audio_emb = np.asarray(encode_audio(audio_model, wave, infer, fps=d.fps,
-                                                last_normed=self.audio_last_normed)["audio_emb"])
+            audio_emb, _ = audio_features(audio_model, wave, infer, fps=d.fps, last_normed=self.audio_last_normed)
         if latents is None:
             latents = np.stack([np.asarray(jax.random.normal(jax.random.key(int(seed) + r), shape[1:], jnp.float32))
                                 for r in range(repeats)])
@@ -565,5 +589,5 @@ class S2VPipeline:
             timesteps=clips.timesteps, cond_latent=clips.ref_latents, denoise_s=denoise_s)
 
 
-__all__ = ["S2VClips", "S2VDefaults", "S2VPipeline", "TASK", "generate_clips", "is_s2v_folder",
+__all__ = ["S2VClips", "S2VDefaults", "S2VPipeline", "TASK", "audio_features", "generate_clips", "is_s2v_folder",
            "size_less_than_area"]

@@ -18,7 +18,8 @@ from wan22_jax.bench.timing import peak_bytes
 from wan22_jax.errors import InputError
 from wan22_jax.ops.options import kernels_from_args
 from wan22_jax.pipeline import Wan22Pipeline
-from wan22_jax.pipeline.s2v import SOLVERS, TASK, read_image, read_pose_video, read_waveform
+from wan22_jax.pipeline.s2v import SOLVERS, TASK
+from wan22_jax.pipeline.s2v_inputs import read_image, read_pose_video, read_waveform
 from wan22_jax.presets_s2v import random_s2v_pipeline
 from wan22_jax.video import AUDIO_CODECS, check_fps
 

@@ -1,4 +1,4 @@
-"""The S2V pipeline (wan22_jax/pipeline/s2v.py): sizes as the official code picks them, every bad input refused
+"""The S2V pipeline (wan22_jax/pipeline/s2v.py, its inputs in s2v_inputs.py): sizes as the official code picks them, every bad input refused
 before any model runs, the folder dispatch of `Wan22Pipeline.from_pretrained`, and (slow) whole runs: the tiny
 random preset clip after clip, and the reference case pipe_s2v through the user-facing call."""
 
@@ -14,8 +14,8 @@ from wan22_jax.errors import InputError, InputFileError
 from wan22_jax.models.s2v.model_s2v import S2V_PRESETS
 from wan22_jax.models.s2v.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 from wan22_jax.pipeline import Wan22Pipeline
-from wan22_jax.pipeline.s2v import (S2VDefaults, S2VPipeline, is_s2v_folder, read_pose_video, resize_crop,
-                                    size_less_than_area)
+from wan22_jax.pipeline.s2v import S2VDefaults, S2VPipeline
+from wan22_jax.pipeline.s2v_inputs import is_s2v_folder, read_pose_video, resize_crop, size_less_than_area
 from wan22_jax.presets_s2v import random_s2v_pipeline
 from wan22_jax.verify import load_case
 from wan22_jax.video import read_video
@@ -119,6 +119,8 @@ def test_folder_dispatch():
         Wan22Pipeline.from_pretrained(ckpt, task="ti2v-5B")
     with pytest.raises(InputError, match="runs on one device"):
         Wan22Pipeline.from_pretrained(ckpt, mesh="fsdp=1")
+    with pytest.raises(InputError, match="'s2v-14B' has no embedded model"):
+        Wan22Pipeline.from_pretrained(task="s2v-14B")
 
 
 # ------------------------------------------------------------------------------------------------ whole runs

@@ -13,42 +13,38 @@ Per clip r (`generate_clips`, shared with the `pipe_s2v` verify runner):
 * a UniPC (or DPM++) loop over the S2V DiT, with guidance when guide_scale > 1 (uncond: negative prompt, silent
   audio); decode(cat(motion or reference latents, latents)), keep the last infer_frames frames (clip 0 with the
   motion dropped: without its first 3).
+The call's inputs (size, image, audio, pose video) are read and checked first, by s2v_inputs.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import math
 import os
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import imageio_ffmpeg
 import jax
 import jax.numpy as jnp
 import numpy as np
-import soxr
 from flax import nnx
-from PIL import Image, UnidentifiedImageError
 
-from wan22_jax.conditioning import to_image_array
 from wan22_jax.configs import dtype_name
 from wan22_jax.convert.s2v import load_s2v
 from wan22_jax.convert.vae import load_vae
 from wan22_jax.convert.wav2vec2 import load_wav2vec2
 from wan22_jax.errors import InputError, InputFileError, Wan22Warning
 from wan22_jax.models import vae as vae_ops
-from wan22_jax.models.s2v.audio_encoder import (SAMPLE_RATE, VIDEO_RATE, WAV2VEC_FPS, audio_embedding,
-                                                bucket_indices, interpolation_frames, linear_interpolation,
-                                                load_audio, normalize)
+from wan22_jax.models.s2v.audio_encoder import (SAMPLE_RATE, audio_embedding, bucket_indices,
+                                                linear_interpolation, normalize)
 from wan22_jax.models.s2v.model_s2v import S2VConfig
 from wan22_jax.ops import XLA, Kernels, with_kernels
 from wan22_jax.pipeline.files import check_json_files, load_text_encoder
 from wan22_jax.pipeline.progress import stage
+from wan22_jax.pipeline.s2v_inputs import (clip_count, is_s2v_folder, output_size, positive_float,
+                                           positive_int, read_image, read_pose_video, read_waveform, resize_crop)
 from wan22_jax.samplers.loop import sample
 from wan22_jax.samplers.registry import get_sampler
 from wan22_jax.samplers.schedule import official_schedule
@@ -57,7 +53,6 @@ from wan22_jax.video import PipelineOutput, Video, as_output, to_uint8
 
 TASK = "s2v-14B"
 WAV2VEC_FOLDER = "wav2vec2-large-xlsr-53-english"  # hard-coded by the official speech2video.py
-SIZE_DIVISOR = 64  # official get_size_less_than_area pads / rounds to multiples of 64 (also the frame packer's)
 SOLVERS = ("unipc", "dpm++")  # what WanS2V.generate accepts
 # wan/configs/wan_s2v_14B.py: S2V has its own negative prompt (not the shared one)
 S2V_NEGATIVE_PROMPT = ("画面模糊，最差质量，画面模糊，细节模糊不清，情绪激动剧烈，手快速抖动，字幕，丑陋的，残缺的，多余的手指，"
@@ -100,68 +95,10 @@ class S2VClips:
     video: np.ndarray
 
 
-# ------------------------------------------------------------------------------------------------ sizes / frames
-def size_less_than_area(height: int, width: int, target_area: int = 1024 * 704, divisor: int = SIZE_DIVISOR
-                        ) -> tuple[int, int]:
-    """Official `WanS2V.get_size_less_than_area`: the (height, width), multiples of 64, with the largest area <=
-    target_area for an image of (height, width) scaled down (or padded) to fit."""
-    if height * width <= target_area:
-        max_upper_area, min_scale, max_scale = target_area, 0.1, 1.0
-    else:
-        max_upper_area = target_area
-        d = divisor - 1
-        b = d * (height + width)
-        a = height * width
-        c = d ** 2 - max_upper_area
-        min_scale = (-b + math.sqrt(b ** 2 - 2 * a * c)) / (2 * a)
-        max_scale = math.sqrt(max_upper_area / (height * width))
-    for i in range(100):
-        scale = max_scale - (max_scale - min_scale) * i / 100
-        new_h, new_w = int(height * scale), int(width * scale)
-        padded_h, padded_w = new_h + (64 - new_h % 64) % 64, new_w + (64 - new_w % 64) % 64
-        if padded_h * padded_w <= max_upper_area:
-            return padded_h, padded_w
-    aspect = width / height
-    target_w = int((target_area * aspect) ** 0.5 // divisor * divisor)
-    target_h = int((target_area / aspect) ** 0.5 // divisor * divisor)
-    if target_w >= width or target_h >= height:
-        target_w, target_h = int(width // divisor * divisor), int(height // divisor * divisor)
-    return target_h, target_w
-
-
-def resize_crop(img: np.ndarray, height: int, width: int) -> np.ndarray:
-    """torchvision Resize(min(height, width)) (shorter side, bilinear, on a PIL image) then CenterCrop((height,
-    width)) (zero padding where the resized image is smaller), as the official code prepares the reference
-    image. [h, w, 3] uint8 -> [height, width, 3] uint8."""
-    ih, iw = img.shape[:2]
-    short = min(height, width)
-    if (ih, iw) != (height, width):
-        if ih <= iw:
-            nh, nw = short, int(short * iw / ih)
-        else:
-            nh, nw = int(short * ih / iw), short
-        if (nh, nw) != (ih, iw):
-            img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
-    ih, iw = img.shape[:2]
-    if ih < height or iw < width:  # torchvision pads (fill 0) to the crop size first
-        ph, pw = max(height - ih, 0), max(width - iw, 0)
-        img = np.pad(img, ((ph // 2, (ph + 1) // 2), (pw // 2, (pw + 1) // 2), (0, 0)))
-        ih, iw = img.shape[:2]
-    top, left = int(round((ih - height) / 2.0)), int(round((iw - width) / 2.0))
-    return np.ascontiguousarray(img[top:top + height, left:left + width])
-
-
 def pixels(frames_uint8: np.ndarray) -> np.ndarray:
     """[T, H, W, 3] uint8 -> [1, 3, T, H, W] float32 in [-1, 1] (to_tensor * 2 - 1, as officially)."""
     x = frames_uint8.astype(np.float32) / np.float32(255.0) * np.float32(2.0) - np.float32(1.0)
     return np.transpose(x, (3, 0, 1, 2))[None]
-
-
-def clip_count(n_samples: int, infer_frames: int, wav2vec_frames: Callable[[int], int], fps: int = 16) -> int:
-    """The official num_repeat of an audio track of n_samples at 16 kHz: int(T30 / (infer_frames * 30 / fps)) + 1,
-    T30 the 30 fps audio frames (from the wav2vec2 frame count)."""
-    t30 = interpolation_frames(wav2vec_frames(n_samples), WAV2VEC_FPS, VIDEO_RATE)
-    return int(t30 / (infer_frames * (VIDEO_RATE / fps))) + 1
 
 
 # ------------------------------------------------------------------------------------------------ audio
@@ -290,104 +227,6 @@ def generate_clips(dit: tuple[Any, Any], vae: tuple[Any, Any], *, context: np.nd
                     video=np.concatenate(video, axis=2)[0])
 
 
-# ------------------------------------------------------------------------------------------------ inputs
-def is_s2v_folder(path) -> bool:
-    """Whether `path` is an S2V release folder (its config.json names WanModel_S2V)."""
-    if path is None or not Path(path).is_dir() or not (Path(path) / "config.json").is_file():
-        return False
-    try:
-        return json.loads((Path(path) / "config.json").read_text()).get("_class_name") == "WanModel_S2V"
-    except (ValueError, AttributeError, OSError):
-        return False  # the regular loader names a corrupt config.json
-
-
-def read_image(image, what: str = "image") -> np.ndarray:
-    """A path, PIL image or [H, W, 3] array -> [H, W, 3] uint8; a missing or unreadable file is named."""
-    if image is None:
-        raise InputError(f"{what} is required: S2V animates a reference image (a path, PIL image or [H, W, 3] "
-                         "array)")
-    if isinstance(image, (str, os.PathLike)):
-        if not Path(image).is_file():
-            raise InputFileError(f"{what} {str(image)!r}: no such file")
-        try:
-            with Image.open(image) as img:
-                return np.asarray(img.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as e:
-            raise InputFileError(f"{what} {str(image)!r}: not a readable image ({e})") from e
-    return to_image_array(image)
-
-
-def read_waveform(audio, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """An audio file path (any format libsndfile reads) or mono samples at `sample_rate` -> [N] float32 at 16 kHz
-    (files as librosa.load reads them, arrays resampled with soxr)."""
-    if audio is None:
-        raise InputError("audio is required: a path to a speech/song file (wav, flac, ogg, mp3) or mono samples")
-    if isinstance(audio, (str, os.PathLike)):
-        return load_audio(audio)
-    x = np.asarray(audio)
-    if x.ndim != 1 or x.size == 0 or not np.issubdtype(x.dtype, np.floating):
-        raise InputError(f"audio array has shape {x.shape} / dtype {x.dtype}; expected mono float samples [N]")
-    if not np.isfinite(x).all():
-        raise InputError("audio array holds NaN or Inf")
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate < 1:
-        raise InputError(f"audio_sample_rate={sample_rate!r}: expected a positive whole number of Hz")
-    x = x.astype(np.float32)
-    if sample_rate != SAMPLE_RATE:
-        x = np.asarray(soxr.resample(x, sample_rate, SAMPLE_RATE, quality="soxr_hq"), np.float32)
-    return x
-
-
-def read_pose_video(video, fps: int = 16) -> np.ndarray:
-    """A pose video file (sampled at `fps` from the start, as the official read_last_n_frames(reverse=True)) or
-    [T, H, W, 3] uint8 frames already at `fps` -> [T, H, W, 3] uint8."""
-    if isinstance(video, (str, os.PathLike)):
-        if not Path(video).is_file():
-            raise InputFileError(f"pose_video {str(video)!r}: no such file")
-        try:
-            reader = imageio_ffmpeg.read_frames(str(video), pix_fmt="rgb24")
-            meta = next(reader)
-            w, h = meta["size"]
-            frames = [np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader]
-        except (OSError, RuntimeError, StopIteration, KeyError) as e:
-            raise InputFileError(f"pose_video {str(video)!r}: not a readable video ({e})") from e
-        if not frames:
-            raise InputFileError(f"pose_video {str(video)!r}: holds no frames")
-        interval = max(1, round(float(meta.get("fps") or fps) / fps))
-        return np.stack(frames[::interval])
-    x = np.asarray(video)
-    if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8 or x.shape[0] == 0:
-        raise InputError(f"pose_video has shape {x.shape} / dtype {x.dtype}; expected [T, H, W, 3] uint8 frames")
-    return x
-
-
-def _positive_int(value, name: str, multiple: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < multiple or value % multiple:
-        what = "a whole number >= 1" if multiple == 1 else f"a positive multiple of {multiple}"
-        raise InputError(f"{name}={value!r}: must be {what}")
-    return int(value)
-
-
-def _positive_float(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not np.isfinite(value) \
-            or value <= 0:
-        raise InputError(f"{name}={value!r}: must be a finite number > 0")
-    return float(value)
-
-
-def output_size(img_hw: tuple[int, int], height: int | None, width: int | None, max_area: int) -> tuple[int, int]:
-    """(height, width): the explicit size (both multiples of 64) or, as officially, from the image and max_area."""
-    if (height is None) != (width is None):
-        raise InputError(f"height={height!r}, width={width!r}: give both or neither (then the size follows the "
-                         "image and max_area)")
-    if height is None:
-        return size_less_than_area(*img_hw, target_area=_positive_int(max_area, "max_area"))
-    for name, v in (("height", height), ("width", width)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < SIZE_DIVISOR or v % SIZE_DIVISOR:
-            raise InputError(f"{name}={v!r}: S2V sizes must be multiples of {SIZE_DIVISOR} (>= {SIZE_DIVISOR}): the "
-                             "official code pads to them and the frame packer needs 8 latent rows/columns")
-    return int(height), int(width)
-
-
 # ------------------------------------------------------------------------------------------------ the pipeline
 @dataclasses.dataclass(frozen=True, eq=False)
 class S2VPipeline:
@@ -422,7 +261,7 @@ class S2VPipeline:
         return TASK
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, task: str | None = None, dtype: Any = None,
+    def from_pretrained(cls, path: str | os.PathLike | None, *, task: str | None = None, dtype: Any = None,
                         t5_dtype: Any = None, mesh=None, kernels: Kernels = XLA, progress: bool = True,
                         audio_last_normed: bool = True) -> "S2VPipeline":
         """Loads the official S2V-14B release folder: config.json + diffusion_pytorch_model*.safetensors,
@@ -441,6 +280,8 @@ class S2VPipeline:
         if mesh is not None:
             raise InputError("mesh: the S2V pipeline runs on one device for now (sharded S2V generation is not "
                              "implemented)")
+        if path is None:
+            raise InputError(f"task {TASK!r} has no embedded model: give the S2V-14B release folder")
         path = Path(path)
         if not path.is_dir():
             raise InputFileError(f"{path}: checkpoint folder not found")
@@ -528,11 +369,11 @@ class S2VPipeline:
           frames) unless init_first_frame.
         """
         d = self.defaults
-        infer = _positive_int(d.infer_frames if infer_frames is None else infer_frames, "infer_frames", 4)
-        steps = _positive_int(d.sample_steps if num_inference_steps is None else num_inference_steps,
+        infer = positive_int(d.infer_frames if infer_frames is None else infer_frames, "infer_frames", 4)
+        steps = positive_int(d.sample_steps if num_inference_steps is None else num_inference_steps,
                               "num_inference_steps")
-        scale = _positive_float(d.guide_scale if guidance_scale is None else guidance_scale, "guidance_scale")
-        shift = _positive_float(d.sample_shift if shift is None else shift, "shift")
+        scale = positive_float(d.guide_scale if guidance_scale is None else guidance_scale, "guidance_scale")
+        shift = positive_float(d.sample_shift if shift is None else shift, "shift")
         if solver not in SOLVERS:
             raise InputError(f"solver={solver!r}: S2V runs {SOLVERS} (the official choices)")
         seed = 0 if seed is None else seed
@@ -542,7 +383,7 @@ class S2VPipeline:
             raise InputError(f"output_type={output_type!r}: expected 'video', 'np' or 'pil' (each clip is decoded "
                              "to condition the next, so there is no latent-only output)")
         if num_clips is not None:
-            num_clips = _positive_int(num_clips, "num_clips")
+            num_clips = positive_int(num_clips, "num_clips")
         get_context, get_null = self._contexts(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
         ref = read_image(image)
         height, width = output_size(ref.shape[:2], height, width, d.max_area if max_area is None else max_area)
@@ -589,5 +430,5 @@ class S2VPipeline:
             timesteps=clips.timesteps, cond_latent=clips.ref_latents, denoise_s=denoise_s)
 
 
-__all__ = ["S2VClips", "S2VDefaults", "S2VPipeline", "TASK", "audio_features", "generate_clips", "is_s2v_folder",
-           "size_less_than_area"]
+__all__ = ["S2VClips", "S2VDefaults", "S2VPipeline", "TASK", "audio_features", "generate_clips",
+           "is_s2v_folder"]

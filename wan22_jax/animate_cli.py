@@ -79,9 +79,9 @@ def check_animate_arguments(args: argparse.Namespace) -> dict:
     # the frame checks that need no model (lengths, sizes, mode) before it loads; the call checks again with the
     # model's face-crop size and clip length
     mask = inputs["mask_video"]
-    check_animate_inputs(inputs["ref_image"], inputs["pose_video"], inputs["face_video"], inputs["bg_video"],
-                         None if mask is None else mask[..., 0], args.frames or 5, args.refert_num or 1,
-                         inputs["face_video"].shape[1], mode == "replace")
+    mask = mask if mask is None or mask.ndim != 4 else mask[..., 0]
+    check_animate_inputs(inputs["ref_image"], inputs["pose_video"], inputs["face_video"], inputs["bg_video"], mask,
+                         args.frames or 5, args.refert_num or 1, inputs["face_video"].shape[1], mode == "replace")
     return dict(mode=mode, prompt=args.prompt, negative_prompt=args.negative_prompt, clip_len=args.frames,
                 refert_num=args.refert_num, num_inference_steps=args.steps, shift=args.shift,
                 guidance_scale=None if args.guide_scale is None else args.guide_scale[0], solver=args.solver,

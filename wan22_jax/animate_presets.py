@@ -1,6 +1,7 @@
 """`--preset tiny-random --task animate-14B`: an AnimatePipeline of random weights at tiny widths, for smoke tests
 on a CPU. The text encoder (tokenizer + umT5) and the Wan2.1 VAE are those of the tiny-random A14B preset; the DiT
-has the widths of the reference case animate_dit (5 layers, face crops of 16 x 16) and a 2-block CLIP tower of 257 tokens."""
+has the widths of the reference case animate_dit (5 layers, face crops of 16 x 16); the CLIP tower has 2 blocks and
+257 tokens."""
 
 from __future__ import annotations
 

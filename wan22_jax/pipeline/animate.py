@@ -95,7 +95,7 @@ def _frames(video, name: str, t: int | None, hw: tuple[int, int] | None, channel
     """Checks one [T, H, W, C] uint8 video against the pose video's length and size."""
     if video is None:
         return
-    ok_ndim = video.ndim == 4 and video.shape[-1] in channels or (channels != (3,) and video.ndim == 3)
+    ok_ndim = (video.ndim == 4 and video.shape[-1] in channels) or (channels != (3,) and video.ndim == 3)
     if not ok_ndim or video.dtype != np.uint8:
         raise InputError(f"{name} has shape {video.shape} / dtype {video.dtype}; expected [T, H, W, 3] uint8")
     if t is not None and video.shape[0] != t:
@@ -160,7 +160,8 @@ def _check(ref, pose, face, bg, mask, noise, clip_len, refert_num, face_size, re
 
 # ------------------------------------------------------------------------------------------------ denoise
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _denoise(graphdef, sampler, with_guidance, trajectory, state, x_T, rows, kv, kv_null, y, pose, face, face_null, scale):
+def _denoise(graphdef, sampler, with_guidance, trajectory, state, x_T, rows, kv, kv_null, y, pose, face, face_null,
+             scale):
     model = nnx.merge(graphdef, state)
 
     def velocity(x, t, i):

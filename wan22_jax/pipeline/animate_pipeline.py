@@ -148,7 +148,8 @@ class AnimatePipeline:
             bar.update(1)
         dit_cfg, vae_cfg = dit.cfg, vae.config
         dit, clip, vae = (nnx.split(with_kernels(m, kernels)) for m in (dit, clip, vae))
-        pipe = cls(dit, dit_cfg, clip, vae, vae_cfg, text_encoder, dtype=dtype, relighting_lora=use_relighting_lora, source=path, no_text_encoder_reason=why)
+        pipe = cls(dit, dit_cfg, clip, vae, vae_cfg, text_encoder, dtype=dtype, relighting_lora=use_relighting_lora,
+                   source=path, no_text_encoder_reason=why)
         return pipe if mesh is None else pipe.sharded(mesh)
 
     def sharded(self, mesh) -> "AnimatePipeline":
@@ -208,7 +209,7 @@ class AnimatePipeline:
         get_sampler(solver)
         mask = inp["mask_video"]
         n_clips = check_animate_inputs(inp["ref_image"], inp["pose_video"], inp["face_video"], inp["bg_video"],
-                                       None if mask is None else mask[..., 0], clip_len, refert_num,
+                                       mask if mask is None or mask.ndim != 4 else mask[..., 0], clip_len, refert_num,
                                        self.dit_config.motion_encoder_size, replace)
         context = self._context(d.prompt if prompt is None else prompt, prompt_embeds, "prompt_embeds")
         context_null = self._context(d.negative_prompt if negative_prompt is None else negative_prompt,

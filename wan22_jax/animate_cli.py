@@ -97,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
         if args.use_relighting_lora:
             raise InputError("--use-relighting-lora needs a checkpoint's relighting_lora.ckpt; the tiny-random "
                              "preset has none")
-        pipe = random_animate_pipeline(seed=0)
+        pipe = random_animate_pipeline(seed=0).with_kernels(kernels)
         if args.mesh:
             pipe = pipe.sharded(args.mesh)
     else:

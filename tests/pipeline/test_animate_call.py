@@ -54,6 +54,8 @@ def test_from_pretrained_names_a_missing_lora_and_a_non_animate_folder(tmp_path)
         AnimatePipeline.from_pretrained(ckpt, use_relighting_lora=True, progress=False)
     with pytest.raises(InputError, match="not an Animate-14B folder"):
         AnimatePipeline.from_pretrained(tmp_path, progress=False)
+    with pytest.raises(InputError, match="animate-14B has no embedded model"):
+        Wan22Pipeline.from_pretrained(task="animate-14B", progress=False)
 
 
 @pytest.mark.slow

@@ -122,6 +122,8 @@ class AnimatePipeline:
         Returns:
           The pipeline. Raises InputFileError (no folder, no LoRA file), CheckpointFormatError, WeightMappingError.
         """
+        if path is None:
+            raise InputError(f"{ANIMATE_TASK} has no embedded model: give the Wan2.2-Animate-14B folder")
         path = Path(path)
         if not path.is_dir():
             raise InputFileError(f"{path}: checkpoint folder not found")
@@ -160,6 +162,15 @@ class AnimatePipeline:
         clip = (self.clip[0], jax.tree.map(lambda x: jax.device_put(x, replicated), self.clip[1]))
         return dataclasses.replace(self, dit=(self.dit[0], place_state(self.dit[1], "dit", mesh)), clip=clip,
                                    vae=(self.vae[0], place_state(self.vae[1], "vae", mesh)), mesh=mesh)
+
+    def with_kernels(self, kernels: Kernels) -> "AnimatePipeline":
+        """A new pipeline whose DiT, CLIP, VAE and text encoder run their ops with `kernels`; weights shared."""
+        def retarget(graphdef, state):
+            return nnx.split(with_kernels(nnx.merge(graphdef, state), kernels))
+
+        text_encoder = None if self.text_encoder is None else self.text_encoder.with_kernels(kernels)
+        return dataclasses.replace(self, dit=retarget(*self.dit), clip=retarget(*self.clip), vae=retarget(*self.vae),
+                                   text_encoder=text_encoder)
 
     def _context(self, prompt, embeds, what: str) -> np.ndarray:
         if embeds is not None:

@@ -35,6 +35,10 @@ def _run(capsys, *args):
     (lambda d: ["--image", d / "ref.png", "--audio", d / "a.wav", "--out", d / "v.gif"], "carry the audio track"),
     (lambda d: ["--image", d / "ref.png", "--audio", d / "a.wav", "--frames", "9"], "--frames: not available"),
     (lambda d: ["--image", d / "ref.png", "--audio", d / "a.wav", "--solver", "euler"], "S2V runs unipc or dpm"),
+    (lambda d: ["--image", d / "ref.png", "--audio", d / "a.wav", "--face-video", d / "f.mp4"],
+     "--face-video: not available for --task s2v-14B"),
+    (lambda d: ["--image", d / "ref.png", "--audio", d / "a.wav", "--pose-video", d / "none.mp4"],
+     "pose_video .*none.mp4': no such file"),
 ])
 def test_bad_inputs_are_one_error(files, capsys, args, message):
     rc, err = _run(capsys, *args(files))

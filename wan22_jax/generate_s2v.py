@@ -19,34 +19,37 @@ from wan22_jax.errors import InputError
 from wan22_jax.ops.options import kernels_from_args
 from wan22_jax.pipeline import Wan22Pipeline
 from wan22_jax.pipeline.s2v import SOLVERS, TASK
-from wan22_jax.pipeline.s2v_inputs import read_image, read_pose_video, read_waveform
+from wan22_jax.pipeline.s2v_inputs import is_s2v_folder, read_image, read_pose_video, read_waveform
 from wan22_jax.presets_s2v import random_s2v_pipeline
 from wan22_jax.video import AUDIO_CODECS, check_fps
 
-# options of `wan22 generate` S2V has no use for, with the value that means "not given"
+S2V_OPTIONS = ("audio", "num_clips", "infer_frames")  # the S2V-only options of `wan22 generate`
+# options of `wan22 generate` S2V has no use for, with the value that means "not given" (Animate's included)
 _NOT_FOR_S2V = {"prompt_embeds": None, "negative_prompt_embeds": None, "frames": None, "sampler_preset": None,
-                "lora": [], "weights": None, "vae_tiling": False, "mesh": None, "eta": 0.0}
+                "lora": [], "weights": None, "vae_tiling": False, "mesh": None, "eta": 0.0, "mode": None,
+                "src_root": None, "face_video": None, "bg_video": None, "mask_video": None, "refert_num": None,
+                "use_relighting_lora": False}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The S2V options of `wan22 generate` (the others are shared with the text/image tasks)."""
-    p.add_argument("--audio", help="s2v-14B: the driving speech/song (wav, flac, ogg, mp3); muxed into --out")
-    p.add_argument("--pose-video", help="s2v-14B: a DW-pose video driving the body (read at 16 fps from the start)")
+    p.add_argument("--audio", help="s2v-14B: the driving speech/song (wav, flac, ogg, mp3); muxed into --out. "
+                   "--pose-video (shared with animate-14B) gives it a DW-pose video, read at 16 fps from the start")
     p.add_argument("--num-clips", type=int, help="s2v-14B: clips to generate (default: as many as the audio covers)")
     p.add_argument("--infer-frames", type=int, help="s2v-14B: frames per clip, a multiple of 4 (default 80)")
 
 
 def wants_s2v(args: argparse.Namespace) -> bool:
-    """Whether `wan22 generate` runs S2V: --task s2v-14B, or an S2V option given."""
-    return args.task == TASK or any(getattr(args, k, None) is not None for k in ("audio", "pose_video",
-                                                                                 "num_clips", "infer_frames"))
+    """Whether `wan22 generate` runs S2V: --task s2v-14B, an S2V-only option given (--pose-video is shared
+    with animate-14B, so alone it does not choose S2V), or an S2V checkpoint folder."""
+    return (args.task == TASK or any(getattr(args, k, None) is not None for k in S2V_OPTIONS)
+            or (args.task is None and is_s2v_folder(args.checkpoint)))
 
 
 def check_arguments(args: argparse.Namespace) -> dict:
     """The checks before any model loads (files read and decoded); returns the pipeline call's arguments."""
     if args.task not in (None, TASK):
-        given = [f"--{k.replace('_', '-')}" for k in ("audio", "pose_video", "num_clips", "infer_frames")
-                 if getattr(args, k) is not None]
+        given = [f"--{k.replace('_', '-')}" for k in S2V_OPTIONS if getattr(args, k) is not None]
         raise InputError(f"{' '.join(given)}: only for --task {TASK} (got --task {args.task})")
     unused = [f"--{k.replace('_', '-')}" for k, v in _NOT_FOR_S2V.items() if getattr(args, k, v) != v]
     if unused:

@@ -36,6 +36,7 @@ from wan22_jax.models.vae import encode
 from wan22_jax.models.vae_tiling import Tiling
 from wan22_jax.ops import XLA, Kernels, with_kernels
 from wan22_jax.ops.quant import check_mode, is_quantized, quantize_module
+from wan22_jax.pipeline.animate_pipeline import ANIMATE_TASK, AnimatePipeline, is_animate_folder
 from wan22_jax.pipeline.denoise import DenoiseInputs, denoise, program_memory
 from wan22_jax.pipeline.files import (EXPERTS, check_json_files, default_checkpoint, load_text_encoder,
                                       save_pipeline)
@@ -122,10 +123,14 @@ class Wan22Pipeline:
             by default on every backend; `Kernels.cpu()` for the CPU kernels, `Kernels(attention="cudnn")` etc.
           progress: a status bar while the components load.
         Returns:
-          The pipeline (an S2V folder: a `pipeline.s2v.S2VPipeline`). Raises InputError (a bad argument),
-          InputFileError (no such folder),
+          The pipeline. Raises InputError (a bad argument), InputFileError (no such folder),
           CheckpointFormatError (a corrupt or truncated file, named) or WeightMappingError (a tensor).
+          An S2V-14B folder (or task="s2v-14B") gives an `S2VPipeline` (pipeline/s2v.py).
+          An Animate-14B folder (or task="animate-14B") gives an `AnimatePipeline` (pipeline/animate_pipeline.py).
         """
+        if task == ANIMATE_TASK or (task is None and is_animate_folder(path)):
+            return AnimatePipeline.from_pretrained(path, dtype=dtype, t5_dtype=t5_dtype, mesh=mesh, kernels=kernels,
+                                                   progress=progress)
         if task == S2V_TASK or is_s2v_folder(path):  # S2V-14B: its own pipeline (pipeline/s2v.py)
             return S2VPipeline.from_pretrained(path, task=task, dtype=dtype, t5_dtype=t5_dtype, mesh=mesh,
                                                kernels=kernels, progress=progress)

@@ -8,17 +8,17 @@ layout under checkpoint/, float64_drift from re-running the same official code i
 modules are imported without their package __init__ (it imports librosa, which the audio case replaces by a stub
 returning the stored waveform: a float WAV that librosa.load(sr=16000) returns bit-exactly).
 
-Cases (chosen to differ from the shipped s2v_audio):
+Cases (chosen to differ from the shipped s2v_dit / s2v_audio):
+* s2v_dit_b2_3x8x12: batch 2 (stacked), a non-square 3x8x12 latent grid (12 frames a clip), 4 layers with audio
+  injection after blocks 1 and 3, dim 16 (head width 8: RoPE split 2/1/1), text_dim 20, per-sample context
+  lengths; both drop_motion_frames variants.
 * s2v_audio_1s37_if12: a 21920-sample (1.37 s) waveform, 12 frames a clip, another random wav2vec2 (24 layers,
   hidden 24, 3 heads) -> num_repeat 2, the second clip partly past the audio (zero features).
 
-`s2v_dit_case` (batch 2, a non-square 3x8x12 grid, injection after blocks 1 and 3) is here but not in the case
-list: its float64 re-run disagrees with the float32 run by O(1) (max|d| / max|ref| ~ 1), and so does the same
-re-run on the shipped s2v_dit case (whose own drift is 4e-7), both with the modules imported as case_tools.official
-does and bare as here: the float64 rewrite of case_tools (made for the T2V/I2V/TI2V modules) does not give a
-valid float64 run of model_s2v.py. Inputs, patch/cond/frame-pack embeddings, time and text embeddings and the
-audio tokens agree to ~1e-7; the outputs of the first block already differ; the cause was not found. The float32
-outputs themselves agree with ours to 3.6e-7, but a case needs a measured drift for its tolerance.
+The float64 re-run of the DiT needs one more rewrite than case_tools makes: the official `rope_precompute`
+(s2v_utils.py) builds its output with `x.detach()....to(torch.float64)`, a copy for float32 tokens but the tokens
+themselves for float64 ones, which it then overwrites with the RoPE factors (max|d| / max|ref| ~ 1 without the
+fix); `_s2v_modules` adds `copy=True` there in the float64 copy only.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from load_official import import_official  # noqa: E402
 SHARED_AUDIO = Path("/work/shared/reference/s2v_audio/checkpoint/wav2vec2-large-xlsr-53-english")
 WAV2VEC_FOLDER = "wav2vec2-large-xlsr-53-english"
 
-S2V_BASE = dict(model_type="s2v", patch_size=(1, 2, 2), text_len=12, in_dim=16, dim=32, ffn_dim=64, freq_dim=32,
+S2V_BASE = dict(model_type="s2v", patch_size=(1, 2, 2), text_len=12, in_dim=16, dim=16, ffn_dim=32, freq_dim=32,
                 text_dim=20, out_dim=16, num_heads=2, num_layers=4, window_size=(-1, -1), qk_norm=True,
                 cross_attn_norm=True, eps=1e-6, cond_dim=16, audio_dim=16, num_audio_token=4, enable_adain=True,
                 adain_mode="attn_norm", audio_inject_layers=[1, 3], zero_init=True, zero_timestep=True,
@@ -57,6 +57,16 @@ def _s2v_modules(root: str, f64: bool):
     for name in [n for n in sys.modules if n == "wan" or n.startswith("wan.")]:
         del sys.modules[name]
     src = ct._f64_source(Path(root)) if f64 else Path(root)
+    if f64:
+        # rope_precompute builds its output with x.detach()...to(torch.float64): a copy for float32 tokens, but
+        # the tokens themselves for float64 ones, which it then overwrites with the RoPE factors; the float64
+        # re-run needs the copy the float32 run gets
+        utils = src / "wan" / "modules" / "s2v" / "s2v_utils.py"
+        text = utils.read_text()
+        aliased = "2).to(torch.float64))"
+        if text.count(aliased) != 1:
+            raise RuntimeError(f"{utils}: expected one {aliased!r} in rope_precompute")
+        utils.write_text(text.replace(aliased, "2).to(torch.float64, copy=True))"))
     for pkg_name in ("wan", "wan.modules", "wan.utils", "wan.modules.s2v"):
         pkg = types.ModuleType(pkg_name)
         pkg.__path__ = [str(src.joinpath(*pkg_name.split(".")))]
@@ -221,9 +231,9 @@ def s2v_audio_case(out: Path, name: str, root: str, *, n_samples: int, infer_fra
 
 
 def s2v_cases():
-    # not listed: "s2v_dit_b2_3x8x12": s2v_dit_case(cfg=S2V_BASE, B=2, grid=(3, 8, 12), ctx_lens=[7, 12],
-    # t_vals=[911.0, 137.5], seed=61) (see the module docstring: no valid float64 run yet)
     return {
+        "s2v_dit_b2_3x8x12": lambda o, n, r: s2v_dit_case(o, n, r, cfg=S2V_BASE, B=2, grid=(3, 8, 12),
+                                                          ctx_lens=[7, 12], t_vals=[911.0, 137.5], seed=61),
         "s2v_audio_1s37_if12": lambda o, n, r: s2v_audio_case(o, n, r, n_samples=21920, infer_frames=12,
                                                               hidden=24, heads=3, seed=62),
     }

@@ -19,7 +19,7 @@ from wan22_jax.lora import export_lora_file
 from wan22_jax.pipeline import Wan22Pipeline
 from wan22_jax.pipeline.files import default_checkpoint
 from wan22_jax.state import fill_state, flat_state
-from wan22_jax.video import Video, read_video
+from wan22_jax.video import read_video
 
 PROMPT = "a red bar moving left on a black background"
 STEPS = 4

@@ -1,6 +1,6 @@
 """4-step distillation of the mini-world model, and quality vs steps for the student and the undistilled teacher.
 
-    python experiments/fewstep/distil.py [--pairs-per-scene 8] [--train-steps 2000] [--rank 32] [--seeds 4]
+    python experiments/fewstep/distil.py [--pairs-per-scene 8] [--train-steps 1200] [--rank 32] [--seeds 4]
         [--out experiments/fewstep/results] [--lora-dir runs/fewstep]
 
 Method (trajectory distillation onto fixed timesteps, "reflow" style): the teacher is the default model with its
@@ -146,7 +146,7 @@ def model_note(out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs-per-scene", type=int, default=8)
-    ap.add_argument("--train-steps", type=int, default=2000)
+    ap.add_argument("--train-steps", type=int, default=1200)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--rank", type=int, default=32)

@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
+from wan22_jax import animate_cli
 from wan22_jax.bench.timing import peak_bytes
 from wan22_jax.conditioning import check_frames
 from wan22_jax.configs import DTYPE_NAMES, TASKS
@@ -32,8 +33,8 @@ EMBED_SUFFIXES = (".safetensors", ".npy")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", choices=sorted(TASKS), help="default: inferred from the checkpoint (tiny-random: "
-                   "ti2v-5B)")
+    p.add_argument("--task", choices=sorted([*TASKS, animate_cli.ANIMATE_TASK]), help="default: inferred from the "
+                   "checkpoint (tiny-random: ti2v-5B)")
     p.add_argument("--prompt", help="the text (or give --prompt-embeds)")
     p.add_argument("--prompt-embeds", metavar="FILE", help="text-encoder output [L, text_dim] (or [1, L, text_dim])"
                    " as .safetensors (one tensor) or .npy, instead of --prompt")
@@ -75,6 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-memory-check", action="store_true", help="skip comparing the compiled run's memory "
                    "with the free memory before running")
     p.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+    animate_cli.add_animate_arguments(p)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -181,6 +183,8 @@ def check_arguments(args: argparse.Namespace) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     """Runs `wan22 generate`; the package's errors propagate to `wan22_jax.cli.main`, which prints them."""
+    if animate_cli.wants_animate(args):
+        return animate_cli.main(args)
     t0 = time.perf_counter()
     call = check_arguments(args)
     loras = [parse_lora(text) for text in args.lora]

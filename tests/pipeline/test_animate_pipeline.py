@@ -54,3 +54,23 @@ def _args(**over):
 def test_bad_inputs_are_named_before_compute(tiny_dit, over, match):
     with pytest.raises(InputError, match=match):
         generate_animate(tiny_dit, None, None, **_args(**over))  # no VAE / CLIP: nothing may run
+
+
+# the mismatched and missing inputs of issue #23: each one InputError naming it, before any compute
+@pytest.mark.parametrize("over,match", [
+    (dict(replace=True, bg_video=np.zeros((9, 32, 48, 3), np.uint8), mask_video=np.zeros((8, 32, 48), np.uint8)),
+     "mask video has 8 frames but the pose video has 9"),
+    (dict(replace=True, bg_video=np.zeros((9, 32, 48, 3), np.uint8), mask_video=np.zeros((9, 16, 48), np.uint8)),
+     r"mask video frames are 16x48 \(HxW\) but the pose frames are 32x48"),
+    (dict(replace=True, bg_video=np.zeros((7, 32, 48, 3), np.uint8), mask_video=np.zeros((9, 32, 48), np.uint8)),
+     "background video has 7 frames but the pose video has 9"),
+    (dict(replace=True, mask_video=np.zeros((9, 32, 48), np.uint8)), "background video has shape None"),
+    (dict(replace=True, bg_video=np.zeros((9, 32, 48, 3), np.uint8)), "mask video has shape None"),
+    (dict(face_video=np.zeros((10, 16, 16, 3), np.uint8)), "face video has 10 frames but the pose video has 9"),
+    (dict(pose_video=np.zeros((4, 32, 48, 3), np.uint8), face_video=np.zeros((4, 16, 16, 3), np.uint8)),
+     "pose video has 4 frames, fewer than one clip of 5"),
+    (dict(refert_num=5), "refert_num 5 must be smaller than clip_len 5"),
+])
+def test_mismatched_videos_are_named_before_compute(tiny_dit, over, match):
+    with pytest.raises(InputError, match=match):
+        generate_animate(tiny_dit, None, None, **_args(**over))

@@ -31,6 +31,8 @@ from wan22_jax.io.tensor_source import SafetensorsSource, TensorSource
 from wan22_jax.io.torch_pickle import load_pth
 from wan22_jax.models.animate.clip import CLIPVisionConfig, CLIPVisionEncoder, abstract_clip
 from wan22_jax.models.animate.model_animate import AnimateConfig, WanAnimateModel, abstract_animate
+from wan22_jax.sharding import context_mesh
+from wan22_jax.sharding.loading import convert_sharded
 from wan22_jax.state import fill_state, flat_state
 from wan22_jax.training.lora import LoraConfig, apply_lora
 
@@ -230,12 +232,20 @@ def animate_table(cfg: AnimateConfig) -> list[Rule]:
     return table
 
 
-def load_animate(folder: str | Path, *, dtype=jnp.float32, param_dtype=jnp.float32) -> WanAnimateModel:
-    """Loads an official Animate DiT folder (single or sharded safetensors) into a WanAnimateModel."""
+def load_animate(folder: str | Path, *, dtype=jnp.float32, param_dtype=jnp.float32, mesh=None) -> WanAnimateModel:
+    """Loads an official Animate DiT folder (single or sharded safetensors) into a WanAnimateModel.
+
+    mesh: a jax.sharding.Mesh: every parameter goes straight onto its shards by the DiT rules (as `load_dit`),
+      each process reading only its slices; None: the mesh set by `jax.set_mesh` if any, else one device.
+    """
     folder = Path(folder)
+    mesh = mesh if mesh is not None else context_mesh()
     source = SafetensorsSource.from_folder(folder)
     cfg = read_animate_config(folder, source)
     graphdef, abstract = abstract_animate(cfg, dtype=dtype, param_dtype=param_dtype)
+    if mesh is not None:
+        return nnx.merge(graphdef, fill_state(abstract, convert_sharded(animate_table(cfg), source, abstract, "dit",
+                                                                        mesh)))
     arrays = convert(animate_table(cfg), source, flat_state(abstract))
     return nnx.merge(graphdef, fill_state(abstract, {k: jnp.asarray(v) for k, v in arrays.items()}))
 

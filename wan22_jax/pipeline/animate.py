@@ -46,8 +46,8 @@ class AnimateResult:
     y: np.ndarray  # [R, 20, lat_t + 1, h, w]
     pose_latents: np.ndarray  # [R, 16, lat_t, h, w]
     timesteps: np.ndarray  # [steps] int64
-    latents_per_step: np.ndarray  # [R, steps, 16, lat_t + 1, h, w]
-    noise_pred_per_step: np.ndarray  # [R, steps, 16, lat_t + 1, h, w]
+    latents_per_step: np.ndarray | None  # [R, steps, 16, lat_t + 1, h, w] (None without trajectory)
+    noise_pred_per_step: np.ndarray | None  # [R, steps, 16, lat_t + 1, h, w]
     latents: np.ndarray  # [R, 16, lat_t + 1, h, w]
     video: np.ndarray  # [3, T, H, W]
 
@@ -86,27 +86,72 @@ def _pixels(frames_uint8: np.ndarray) -> np.ndarray:
     return (np.asarray(frames_uint8, np.float64) / 127.5 - 1.0).astype(np.float32).transpose(3, 0, 1, 2)
 
 
-def _check(ref, pose, face, bg, mask, noise, clip_len, refert_num, face_size, replace):
-    if clip_len < 5 or (clip_len - 1) % 4:
+def noise_shape(n_clips: int, clip_len: int, height: int, width: int) -> tuple[int, ...]:
+    """[R, 16, clip_len // 4 + 2, H / 8, W / 8]: the initial latents of R clips (the reference slot included)."""
+    return (n_clips, 16, clip_len // 4 + 2, height // 8, width // 8)
+
+
+def _frames(video, name: str, t: int | None, hw: tuple[int, int] | None, channels: tuple[int, ...] = (3,)):
+    """Checks one [T, H, W, C] uint8 video against the pose video's length and size."""
+    if video is None:
+        return
+    ok_ndim = (video.ndim == 4 and video.shape[-1] in channels) or (channels != (3,) and video.ndim == 3)
+    if not ok_ndim or video.dtype != np.uint8:
+        raise InputError(f"{name} has shape {video.shape} / dtype {video.dtype}; expected [T, H, W, 3] uint8")
+    if t is not None and video.shape[0] != t:
+        raise InputError(f"{name} has {video.shape[0]} frames but the pose video has {t}: the official "
+                         "preprocessing writes every video from the same source frames, one per pose frame")
+    if hw is not None and tuple(video.shape[1:3]) != hw:
+        raise InputError(f"{name} frames are {video.shape[1]}x{video.shape[2]} (HxW) but the pose frames are "
+                         f"{hw[0]}x{hw[1]}")
+
+
+def check_animate_inputs(ref, pose, face, bg, mask, clip_len: int, refert_num: int, face_size: int,
+                         replace: bool) -> int:
+    """Every input of `generate_animate` checked before any compute (one InputError naming the problem).
+
+    Args:
+      ref: [H, W, 3] uint8; pose: [T, H, W, 3] uint8; face: [T, S, S, 3] uint8 (S = face_size); bg: [T, H, W, 3]
+        uint8 or None; mask: [T, H, W] or [T, H, W, C] uint8 or None (both needed for replacement).
+      clip_len: frames per clip (4k + 1); refert_num: 1 or 5; replace: replacement mode.
+    Returns:
+      R, the number of clips.
+    """
+    if isinstance(clip_len, bool) or not isinstance(clip_len, (int, np.integer)) or clip_len < 5 or (clip_len - 1) % 4:
         raise InputError(f"clip_len must be 4k + 1 >= 5, got {clip_len}")
-    if refert_num not in (1, 5):
+    if refert_num not in (1, 5) or isinstance(refert_num, bool):
         raise InputError(f"refert_num must be 1 or 5 (the official choices), got {refert_num}")
+    if refert_num >= clip_len:
+        raise InputError(f"refert_num {refert_num} must be smaller than clip_len {clip_len}")
     if pose.ndim != 4 or pose.shape[-1] != 3 or pose.dtype != np.uint8:
         raise InputError(f"pose video has shape {pose.shape} / dtype {pose.dtype}; expected [T, H, W, 3] uint8")
     t, h, w, _ = pose.shape
+    if t < clip_len:
+        raise InputError(f"pose video has {t} frames, fewer than one clip of {clip_len}: give a longer video or a "
+                         f"shorter clip (clip_len / --frames 4k + 1 <= {t})")
     if h % 16 or w % 16:
         raise InputError(f"frames are {h}x{w}; height and width must be multiples of 16 (VAE 8 x patch 2)")
     if ref.shape != (h, w, 3) or ref.dtype != np.uint8:
         raise InputError(f"reference image has shape {ref.shape} / dtype {ref.dtype}; expected {(h, w, 3)} uint8 "
                          "(resize / pad it to the pose frames first)")
-    if face.ndim != 4 or face.shape[0] != t or face.shape[1:] != (face_size, face_size, 3):
-        raise InputError(f"face video has shape {face.shape}; expected {(t, face_size, face_size, 3)} uint8")
-    for name, v in (("background video", bg), ("mask video", mask)):
-        if replace and (v is None or v.shape[:3] != (t, h, w)):
-            raise InputError(f"{name} has shape {None if v is None else v.shape}; replacement needs "
-                             f"[{t}, {h}, {w}, ...] frames")
-    n_clips = (valid_length(t, clip_len, refert_num) - refert_num) // (clip_len - refert_num)
-    want = (n_clips, 16, clip_len // 4 + 2, h // 8, w // 8)
+    if face.ndim != 4 or face.shape[1:] != (face_size, face_size, 3) or face.dtype != np.uint8:
+        raise InputError(f"face video has shape {face.shape}; expected {(t, face_size, face_size, 3)} uint8 "
+                         f"({face_size}x{face_size} face crops, one per pose frame)")
+    _frames(face, "face video", t, None)
+    if replace:
+        for name, v in (("background video", bg), ("mask video", mask)):
+            if v is None:
+                raise InputError(f"{name} has shape None; replacement needs the background and mask videos "
+                                 "(src_bg.mp4, src_mask.mp4 of the official preprocessing)")
+        _frames(bg, "background video", t, (h, w))
+        _frames(mask, "mask video", t, (h, w), channels=(1, 3))
+    return (valid_length(t, clip_len, refert_num) - refert_num) // (clip_len - refert_num)
+
+
+def _check(ref, pose, face, bg, mask, noise, clip_len, refert_num, face_size, replace):
+    n_clips = check_animate_inputs(ref, pose, face, bg, mask, clip_len, refert_num, face_size, replace)
+    t, h, w = pose.shape[:3]
+    want = noise_shape(n_clips, clip_len, h, w)
     if noise.shape != want:
         raise InputError(f"noise has shape {noise.shape}; expected {want} ({n_clips} clips of "
                          f"{clip_len // 4 + 2} latent frames)")
@@ -114,8 +159,9 @@ def _check(ref, pose, face, bg, mask, noise, clip_len, refert_num, face_size, re
 
 
 # ------------------------------------------------------------------------------------------------ denoise
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _denoise(graphdef, sampler, with_guidance, state, x_T, rows, kv, kv_null, y, pose, face, face_null, scale):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _denoise(graphdef, sampler, with_guidance, trajectory, state, x_T, rows, kv, kv_null, y, pose, face, face_null,
+             scale):
     model = nnx.merge(graphdef, state)
 
     def velocity(x, t, i):
@@ -126,9 +172,8 @@ def _denoise(graphdef, sampler, with_guidance, state, x_T, rows, kv, kv_null, y,
         uncond = model(x, tt, context_kv=kv_null, y=y, pose_latents=pose, face_pixel_values=face_null)
         return guided(cond, uncond, scale)
 
-    carry, (samples, velocities) = scan_steps(sampler, velocity, init_carry(sampler, x_T), rows,
-                                              return_trajectory=True)
-    return carry.state.x, samples, velocities
+    carry, traj = scan_steps(sampler, velocity, init_carry(sampler, x_T), rows, return_trajectory=trajectory)
+    return carry.state.x, traj
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -146,7 +191,7 @@ def generate_animate(dit: WanAnimateModel, vae, clip: CLIPVisionEncoder, *, cont
                      face_video: np.ndarray, noise: np.ndarray, bg_video: np.ndarray | None = None,
                      mask_video: np.ndarray | None = None, replace: bool = False, clip_len: int = 77,
                      refert_num: int = 1, steps: int = 20, shift: float = 5.0, guide_scale: float = 1.0,
-                     solver: str = "dpm++") -> AnimateResult:
+                     solver: str = "dpm++", trajectory: bool = True) -> AnimateResult:
     """Runs `WanAnimate.generate` (fp32 or the models' dtypes) on decoded inputs.
 
     Args:
@@ -158,10 +203,13 @@ def generate_animate(dit: WanAnimateModel, vae, clip: CLIPVisionEncoder, *, cont
       bg_video: [T, H, W, 3] uint8, mask_video: [T, H, W(, C)] 0/255 (channel 0 used): replacement inputs.
       replace: replacement mode (else animation). clip_len: frames per clip (4k + 1). refert_num: 1 or 5.
       steps, shift, solver: the sampler and its schedule. guide_scale: CFG scale (guidance only when > 1).
+      trajectory: keep every step's latents and model output (False: those two fields are None, which saves
+        2 x steps latents per clip of host memory at full size).
     Returns:
       AnimateResult.
     """
     ref_image, pose_video, face_video = (np.asarray(a) for a in (ref_image, pose_video, face_video))
+    bg_video = None if bg_video is None else np.asarray(bg_video)
     noise = np.asarray(noise, np.float32)
     if mask_video is not None and np.asarray(mask_video).ndim == 4:
         mask_video = np.asarray(mask_video)[..., 0]
@@ -206,7 +254,7 @@ def generate_animate(dit: WanAnimateModel, vae, clip: CLIPVisionEncoder, *, cont
         reft = np.asarray(vae_ops.encode(vg, vs, jnp.asarray(frames[None])))[0]
         y = np.concatenate([y_ref, np.concatenate([i2v_mask(msk, keep), reft])], axis=1)
         face = jnp.asarray(_pixels(face_all[sl])[None])
-        x0, samples, vels = _denoise(dg, sampler, with_guidance, ds, jnp.asarray(noise[r][None]), rows, kv,
+        x0, traj = _denoise(dg, sampler, with_guidance, trajectory, ds, jnp.asarray(noise[r][None]), rows, kv,
                                      kv_null, jnp.asarray(y[None]), jnp.asarray(pose_lat[None]), face,
                                      face * 0 - 1, jnp.float32(guide_scale))
         video = np.asarray(vae_ops.decode(vg, vs, x0[:, :, 1:]))[0]  # [3, clip_len, H, W], clamped
@@ -214,12 +262,14 @@ def generate_animate(dit: WanAnimateModel, vae, clip: CLIPVisionEncoder, *, cont
         previous = video[:, -refert_num:]
         out["y"].append(y)
         out["pose_latents"].append(pose_lat)
-        out["latents_per_step"].append(np.asarray(samples)[:, 0])
-        out["noise_pred_per_step"].append(np.asarray(vels)[:, 0])
+        if trajectory:
+            out["latents_per_step"].append(np.asarray(traj[0])[:, 0])
+            out["noise_pred_per_step"].append(np.asarray(traj[1])[:, 0])
         out["latents"].append(np.asarray(x0)[0])
     return AnimateResult(clip_context=np.asarray(clip_context)[0], timesteps=np.asarray(schedule.timesteps),
                          video=np.concatenate(frames_out, axis=1)[:, :real_len],
-                         **{k: np.stack(v) for k, v in out.items()})
+                         **{k: np.stack(v) if v else None for k, v in out.items()})
 
 
-__all__ = ["AnimateResult", "generate_animate", "i2v_mask", "ping_pong", "valid_length"]
+__all__ = ["AnimateResult", "check_animate_inputs", "generate_animate", "i2v_mask", "noise_shape", "ping_pong",
+           "valid_length"]

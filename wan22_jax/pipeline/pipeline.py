@@ -37,6 +37,7 @@ from wan22_jax.models.vae import encode
 from wan22_jax.models.vae_tiling import Tiling
 from wan22_jax.ops import XLA, Kernels, with_kernels
 from wan22_jax.ops.quant import check_mode, is_quantized, quantize_module
+from wan22_jax.pipeline.animate_pipeline import ANIMATE_TASK, AnimatePipeline, is_animate_folder
 from wan22_jax.pipeline.denoise import DenoiseInputs, denoise, program_memory
 from wan22_jax.pipeline.files import (EXPERTS, check_json_files, default_checkpoint, load_text_encoder,
                                       save_pipeline)
@@ -127,7 +128,11 @@ class Wan22Pipeline:
         Returns:
           The pipeline. Raises InputError (a bad argument), InputFileError (no such folder),
           CheckpointFormatError (a corrupt or truncated file, named) or WeightMappingError (a tensor).
+          An Animate-14B folder (or task="animate-14B") gives an `AnimatePipeline` (pipeline/animate_pipeline.py).
         """
+        if task == ANIMATE_TASK or (task is None and is_animate_folder(path)):
+            return AnimatePipeline.from_pretrained(path, dtype=dtype, t5_dtype=t5_dtype, mesh=mesh, kernels=kernels,
+                                                   progress=progress)
         dtype = None if dtype is None else dtype_name(dtype, "dtype")
         t5_dtype = None if t5_dtype is None else dtype_name(t5_dtype, "t5_dtype")
         task_cfg = None if task is None else get_task(task)

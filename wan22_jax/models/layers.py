@@ -63,6 +63,10 @@ class Linear(nnx.Module):
     every backend) through `wan22_jax.ops.matmul` with `kernels.matmul` as its implementation; the output is in
     `dtype`. A quantised Linear (`ops.quant.quantize_module`) holds int8 / fp8 values in `kernel` and their
     scales in `weight_scale`, and multiplies through `ops.matmul.quantized_matmul`.
+
+    An unmerged LoRA (`wan22_jax.lora.unmerged.attach`, on a model merged inside a jitted step) sets `lora_a`
+    [.., in, R], `lora_b` [.., R, out] and `lora_scale` [.., 1, R] (scale times strength per rank column): the
+    output then gains (x @ A) * scale @ B, computed like the main product, the kernel untouched.
     """
 
     def __init__(self, in_features: int, out_features: int, *, axes: tuple[str | None, str | None],
@@ -75,6 +79,7 @@ class Linear(nnx.Module):
         self.kernels = kernels
         # per-output-channel scales [..., out] once `ops.quant.quantize_module` stored the kernel as int8 / fp8
         self.weight_scale = None
+        self.lora_a = self.lora_b = self.lora_scale = None  # an unmerged LoRA's factors, set per jitted step
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.weight_scale is not None:
@@ -82,6 +87,14 @@ class Linear(nnx.Module):
                                  impl=self.kernels.matmul)
         else:
             y = matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype), impl=self.kernels.matmul)
+        if self.lora_a is not None:
+            low = matmul(x.astype(self.dtype), self.lora_a[...].astype(self.dtype), impl=self.kernels.matmul)
+            low = low * self.lora_scale[...].astype(self.dtype)
+            y = y + matmul(low, self.lora_b[...].astype(self.dtype), impl=self.kernels.matmul)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
+
+
+class LoraFactor(nnx.Variable):
+    """A LoRA factor or scale held by a Linear for one jitted step (not a trained Param)."""

@@ -11,6 +11,9 @@ step per call (one program whatever the step count); all steps are dispatched fi
 each in turn and reports it, so the device never idles for the report. Neither program holds a host callback:
 a Python callback lowers to a custom call bound to one platform, and the program could then not be compiled for
 another target (e.g. a GPU program built on a CPU host).
+
+Unmerged LoRAs (`lora/unmerged.py`) come in as `loras`, one `ExpertLoras` pytree (or None) per expert: each
+step applies them to its expert at that step's strengths, on top of the untouched base weights.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from wan22_jax.lora.unmerged import attach, touches_text
 from wan22_jax.pipeline.plan import DenoisePlan
 from wan22_jax.samplers import expert_switch
 from wan22_jax.samplers.base import compute_dtype
@@ -91,17 +95,28 @@ def start_loop(graphdef, plan: DenoisePlan, states, inputs: DenoiseInputs):
     return x0, init_carry(plan.sampler, x0, model_state), kvs
 
 
-def _velocity_fn(graphdef, plan: DenoisePlan, states, kvs, inputs: DenoiseInputs):
+def _velocity_fn(graphdef, plan: DenoisePlan, states, kvs, inputs: DenoiseInputs, loras=None):
     """The loop's velocity function: `(x, t, i) -> (cond, uncond)` (with a step cache `(x, t, i, caches) ->
     ((cond, uncond), caches)`), switching experts on t for two-expert plans. Without guidance (plan.cfg False)
-    the pair is (cond, cond), so that the guidance of scale 1 returns cond unchanged."""
+    the pair is (cond, cond), so that the guidance of scale 1 returns cond unchanged. loras: None, or per expert
+    an ExpertLoras or None, applied at step i's strengths."""
     b = inputs.x_T.shape[0]
     y = inputs.y
+    loras = (None,) * len(states) if loras is None else loras
 
-    def expert(state, kv, slot):
-        model = nnx.merge(graphdef, state)
+    def expert(state, base_kv, slot):
+        lora = loras[slot]
+        text = jnp.concatenate([inputs.context, inputs.context_null]) if plan.cfg else inputs.context
+
+        def at_step(i):
+            """(model, text K/V) of step i: the base model, or its LoRAs at their strengths for step i."""
+            if lora is None:
+                return nnx.merge(graphdef, state), base_kv
+            model = attach(graphdef, state, lora, i)
+            return model, (model.encode_context(text) if touches_text(lora) else base_kv)
 
         def cached_velocity(x, t, i, caches):
+            model, kv = at_step(i)
             # both CFG branches in one batch, so one skip decision covers them; each expert has its own slot
             tt = _model_time(t, plan, b)
             xm = x.astype(jnp.float32)
@@ -112,6 +127,7 @@ def _velocity_fn(graphdef, plan: DenoisePlan, states, kvs, inputs: DenoiseInputs
             return ((out[:b], out[b:]) if plan.cfg else (out, out)), caches
 
         def velocity(x, t, i):
+            model, kv = at_step(i)
             tt = _model_time(t, plan, b)
             xm = x.astype(jnp.float32)
             if not plan.cfg:
@@ -135,24 +151,26 @@ def _velocity_fn(graphdef, plan: DenoisePlan, states, kvs, inputs: DenoiseInputs
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def run_steps(graphdef, plan: DenoisePlan, states, kvs, inputs: DenoiseInputs, carry: LoopCarry, rows: dict, key):
+def run_steps(graphdef, plan: DenoisePlan, states, kvs, inputs: DenoiseInputs, carry: LoopCarry, rows: dict, key,
+              loras=None):
     """Steps `rows` of the loop (one lax.scan) from `carry`.
 
     Args:
       graphdef, plan, states, inputs: as `start_loop`; kvs: its text K/V; carry: its carry or a previous
         run_steps's. rows: `samplers.loop.step_rows(tables, dtype, start, stop)`. key: the PRNG key of a
-        stochastic sampler, else None.
+        stochastic sampler, else None. loras: None, or per expert an ExpertLoras (`lora.unmerged`) or None:
+        unmerged LoRAs applied at each step's strengths.
     Returns:
       (the carry after the last row, (samples [n, B, ...], velocities [n, B, ...]) with return_trajectory else
       None).
     """
-    return scan_steps(plan.sampler, _velocity_fn(graphdef, plan, states, kvs, inputs), carry, rows,
+    return scan_steps(plan.sampler, _velocity_fn(graphdef, plan, states, kvs, inputs, loras), carry, rows,
                       guidance=plan.guidance, key=key, return_trajectory=plan.return_trajectory,
                       post_step=_reinject(plan, inputs), check_finite=plan.check_finite)
 
 
 def program_memory(graphdef, plan: DenoisePlan, states, inputs: DenoiseInputs, tables: dict, key=None, *,
-                   per_step: bool) -> int:
+                   per_step: bool, loras=None) -> int:
     """Compiles the loop's two programs for these inputs (abstract shapes suffice) and returns the bytes the larger
     one needs beyond its weights: temporaries, outputs and the non-weight arguments (`memory_analysis`).
 
@@ -161,15 +179,16 @@ def program_memory(graphdef, plan: DenoisePlan, states, inputs: DenoiseInputs, t
     Args:
       graphdef, plan, states, tables, key: as `denoise`; inputs: DenoiseInputs of arrays or jax.ShapeDtypeStruct.
       per_step: compile the one-step program (progress or a step callback) instead of the whole loop.
+      loras: as `run_steps` (their factors count as weights).
     Returns:
       bytes, or 0 where the backend reports no memory analysis.
     """
-    weights = sum(a.nbytes for a in jax.tree.leaves(states))
+    weights = sum(a.nbytes for a in jax.tree.leaves((states, loras)))
     start = start_loop.lower(graphdef, plan, states, inputs).compile()
     x0, carry, kvs = jax.eval_shape(start_loop, graphdef, plan, states, inputs)
     total = next(iter(tables.values())).shape[0]
     rows = step_rows(tables, compute_dtype(x0), 0, 1 if per_step else total)
-    steps = run_steps.lower(graphdef, plan, states, kvs, inputs, carry, rows, key).compile()
+    steps = run_steps.lower(graphdef, plan, states, kvs, inputs, carry, rows, key, loras).compile()
     need = 0
     for compiled in (start, steps):
         m = compiled.memory_analysis()
@@ -182,14 +201,15 @@ def program_memory(graphdef, plan: DenoisePlan, states, inputs: DenoiseInputs, t
 
 def denoise(graphdef, plan: DenoisePlan, states, inputs: DenoiseInputs, tables: dict, key=None,
             progress: Callable[[int, int], Any] | None = None,
-            on_step: Callable[[int, jax.Array], Any] | None = None) -> tuple[jax.Array, dict]:
+            on_step: Callable[[int, jax.Array], Any] | None = None, loras=None) -> tuple[jax.Array, dict]:
     """Runs the whole loop.
 
     Args:
       graphdef, plan, states, inputs: as `start_loop`. tables: `plan.sampler.tables(schedule)` (host arrays).
       key: PRNG key for a stochastic sampler. progress: None, or called as progress(done, total) on the host
         after each step has finished (in order). on_step: None, or called as on_step(step, latents) on the host
-        after each step (step from 0; latents [B, z, F', h, w], the sample after that step).
+        after each step (step from 0; latents [B, z, F', h, w], the sample after that step). loras: None, or
+        per expert an ExpertLoras (`lora.unmerged.build_expert_loras`, strengths for every step) or None.
     Returns:
       (final latents [B, z, F', h, w], aux): aux has "first_nonfinite_step" (with check_finite), "samples"
       [N + 1, B, ...] and "velocities" [N, B, ...] (with return_trajectory), "model_state" (the step caches).
@@ -213,7 +233,8 @@ def denoise(graphdef, plan: DenoisePlan, states, inputs: DenoiseInputs, tables: 
             on_step(i, marker)
 
     for i, (start, stop) in enumerate(bounds):
-        carry, ys = run_steps(graphdef, plan, states, kvs, inputs, carry, step_rows(tables, dtype, start, stop), key)
+        carry, ys = run_steps(graphdef, plan, states, kvs, inputs, carry, step_rows(tables, dtype, start, stop), key,
+                              loras)
         parts.append(ys)
         if per_step:
             pending.append((i, carry.state.x if on_step is not None else carry.first_bad))

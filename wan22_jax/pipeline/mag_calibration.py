@@ -43,7 +43,8 @@ def calibrate_mag_cache(pipe, **call) -> tuple[float, ...]:
     states = tuple(pipe.experts[n][1] for n in names)
     key = jax.random.fold_in(request.key, 1) if plan.sampler.stochastic else None  # as the pipeline's run
     with mesh_context(pipe.mesh):
-        _, aux = denoise(pipe.experts[names[0]][0], plan, states, inputs, request.tables, key)
+        _, aux = denoise(pipe.experts[names[0]][0], plan, states, inputs, request.tables, key,
+                         loras=pipe.unmerged_for(request.steps))  # calibrate what the generation will run
     # each step ran on exactly one expert, and the other's entry stayed 0
     ratios = sum(np.asarray(c["ratios"], np.float64) for c in aux["model_state"])
     return tuple(float(v) for v in ratios)

@@ -31,6 +31,7 @@ from wan22_jax.convert.vae import load_vae
 from wan22_jax.errors import InputError, InputFileError, UnknownTokenWarning
 from wan22_jax.lora.apply import expert_names, merge_into_experts
 from wan22_jax.lora.load import LoraWeights, read_lora
+from wan22_jax.lora.unmerged import build_expert_loras, check_strength, strength_table
 from wan22_jax.models.dit import DiTConfig
 from wan22_jax.models.vae import encode
 from wan22_jax.models.vae_tiling import Tiling
@@ -48,6 +49,7 @@ from wan22_jax.pipeline.s2v import TASK as S2V_TASK
 from wan22_jax.pipeline.s2v import S2VPipeline, is_s2v_folder
 from wan22_jax.sharding import make_mesh, mesh_context
 from wan22_jax.sharding.loading import place_state, vae_decode
+from wan22_jax.state import flat_state
 from wan22_jax.text_encoder import TextEncoder
 from wan22_jax.video import PipelineOutput, Video, as_output, to_uint8
 
@@ -77,6 +79,8 @@ class Wan22Pipeline:
       dtype: the DiT's dtype. mesh: the device mesh the DiT and VAE are sharded over, or None.
       vae_tiling: a vae_tiling.Tiling, or None (whole frames). source: the folder it was loaded from, if any.
       no_text_encoder_reason: without a text encoder, why (the missing tokenizer folder), named in errors.
+      unmerged_loras: LoRAs applied inside the loop (`load_lora(merge=False)`): (LoraWeights, strength, expert
+        names) each, the strength a number, a per-step sequence or a function of the step index.
     """
 
     task: TaskConfig
@@ -90,6 +94,7 @@ class Wan22Pipeline:
     vae_tiling: Tiling | None = dataclasses.field(default=None, kw_only=True)
     source: Path | None = dataclasses.field(default=None, kw_only=True)
     no_text_encoder_reason: str = dataclasses.field(default="", kw_only=True)
+    unmerged_loras: tuple = dataclasses.field(default=(), kw_only=True)
     # compiled VAE decoders per latent shape (`_decoder`); not an init field: a derived pipeline starts empty
     _decoders: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -189,6 +194,9 @@ class Wan22Pipeline:
         if any(is_quantized(s) for _, s in self.experts.values()):
             raise InputError("save_pretrained: this pipeline holds quantised weights, which the checkpoint formats "
                              "do not store; save the unquantised pipeline and call quantized() after loading")
+        if self.unmerged_loras:
+            raise InputError("save_pretrained: this pipeline applies unmerged LoRAs, which the checkpoint does not "
+                             "store; load them with merge=True to save the merged weights")
         return save_pipeline(self, path)
 
     # ------------------------------------------------------------------------------------------ new pipelines
@@ -211,18 +219,22 @@ class Wan22Pipeline:
         text_encoder = None if self.text_encoder is None else self.text_encoder.with_kernels(kernels)
         return dataclasses.replace(self, experts=experts, vae=retarget(*self.vae), text_encoder=text_encoder)
 
-    def load_lora(self, path: "str | os.PathLike | LoraWeights", strength: float = 1.0, expert: str | None = None,
+    def load_lora(self, path: "str | os.PathLike | LoraWeights", strength: Any = 1.0, expert: str | None = None,
                   merge: bool = True, strict: bool = True) -> "Wan22Pipeline":
-        """A new pipeline with a LoRA merged into its DiT expert(s); this pipeline is unchanged. Chain calls for
-        several LoRAs (each with its strength; on A14B each expert its own files and strengths).
+        """A new pipeline with a LoRA merged into its DiT expert(s), or applied unmerged inside the sampling loop;
+        this pipeline is unchanged. Chain calls for several LoRAs (each with its strength; on A14B each expert its
+        own files and strengths).
 
         Args:
           path: a LoRA safetensors file in any known format (diffusers/PEFT, ComfyUI and LightX2V, musubi/kohya,
             `wan22 train`'s; see `wan22_jax.lora.formats`), or LoraWeights from `wan22_jax.lora.read_lora`.
-          strength: multiplies the update (1.0: as trained; 0: no change). expert: None (every expert), or
-            "high" / "low" for one expert of an A14B pipeline.
-          merge: True merges into the weights (no cost per step). False is refused: the compiled loop takes
-            merged weights; apply `wan22_jax.lora.apply_deltas` inside your own jitted forward for unmerged use.
+          strength: multiplies the update (1.0: as trained; 0: no change). Unmerged, also a per-step schedule: a
+            sequence of one strength per step (its length must be the generation's step count) or a function
+            of the step index (from 0) returning the strength. expert: None (every expert), or "high" / "low"
+            for one expert of an A14B pipeline.
+          merge: True merges into the weights (no cost per step). False keeps the base weights and applies the
+            LoRA inside every step as x @ W + s * (x @ A) @ B (`wan22_jax.lora.unmerged`; full-size differences
+            are added per step), at the step's strength.
           strict: a key that matches no parameter of this DiT is an error (False: a warning, skipped).
         Returns:
           The new pipeline. Raises, before any weight changes: InputError (a bad argument), InputFileError (no
@@ -232,12 +244,12 @@ class Wan22Pipeline:
         names = expert_names(self.experts, expert)
         if any(is_quantized(s) for _, s in self.experts.values()):
             raise InputError("load_lora on a quantised pipeline: merge LoRAs first, then call quantized(...)")
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not np.isfinite(strength):
-            raise InputError(f"strength={strength!r}: expected a finite number")
+        if merge and (isinstance(strength, bool) or not isinstance(strength, (int, float))
+                      or not np.isfinite(strength)):
+            raise InputError(f"strength={strength!r}: expected a finite number (a per-step schedule needs "
+                             "merge=False)")
         if not merge:
-            raise InputError("merge=False: the pipeline's compiled loop runs merged weights; for an unmerged LoRA "
-                             "call wan22_jax.lora.apply_deltas(params, [(read_lora(...).deltas, strength)]) inside "
-                             "your own jitted forward")
+            strength = check_strength(strength)
         if isinstance(path, LoraWeights):
             weights = path
             if weights.dit_config != self.dit_config:
@@ -245,6 +257,8 @@ class Wan22Pipeline:
                                  "pipeline's dit_config")
         else:
             weights = read_lora(path, self.dit_config, strict=strict)
+        if not merge:
+            return dataclasses.replace(self, unmerged_loras=(*self.unmerged_loras, (weights, strength, names)))
         experts = merge_into_experts(self.experts, {n: [(weights.deltas, float(strength))] for n in names})
         return dataclasses.replace(self, experts=experts)
 
@@ -253,6 +267,9 @@ class Wan22Pipeline:
         "fp8" e4m3, one scale per output channel: `ops.quant`); activations keep the pipeline's dtype, the VAE is
         unchanged. Apply LoRAs before quantising. This pipeline is unchanged."""
         check_mode(weights)
+        if self.unmerged_loras:
+            raise InputError("quantized: this pipeline applies unmerged LoRAs; merge them (merge=True) before "
+                             "quantising")
 
         def quantize(graphdef, state, kind):
             g, s = nnx.split(quantize_module(nnx.merge(graphdef, state), weights))
@@ -400,17 +417,19 @@ class Wan22Pipeline:
             first = jax.ShapeDtypeStruct((b, shape[0], 1, *shape[2:]), f32)
         return DenoiseInputs(jax.ShapeDtypeStruct((b, *shape), f32), text, text, y, first)
 
-    def check_memory(self, request: Request, plan: DenoisePlan | None = None) -> int:
+    def check_memory(self, request: Request, plan: DenoisePlan | None = None, loras: tuple | None = None) -> int:
         """Refuses a request that cannot fit: first from its shapes alone, then from the memory plan of the
         compiled loop (compiled here, reused by the run). Raises InsufficientMemoryError with the needed and
         available memory and what to try.
 
         Args:
-          request: from `validate_request`. plan: its DenoisePlan (made if None).
+          request: from `validate_request`. plan: its DenoisePlan (made if None). loras: `unmerged_for(steps)`
+            (made if None).
         Returns:
           The bytes the run needs beyond the weights (0 where the backend reports no memory plan).
         """
         plan = make_plan(request, self.task) if plan is None else plan
+        loras = self.unmerged_for(request.steps) if loras is None else loras
         what = (f"{request.batch} video(s) of {request.num_frames} frames at {request.width}x{request.height}"
                 + (" (latents only)" if request.output_type == "latent" else ""))
         decode = request.output_type != "latent"
@@ -422,7 +441,8 @@ class Wan22Pipeline:
         per_step = bool(request.progress) or request.callback is not None
         with stage("compiling", request.progress is True), mesh_context(self.mesh):
             need = program_memory(self.experts[names[0]][0], plan, states, self._abstract_inputs(request),
-                                  request.tables, self._sampler_key(request, plan), per_step=per_step)
+                                  request.tables, self._sampler_key(request, plan), per_step=per_step,
+                                  loras=loras)
             if decode:  # the loop's buffers are gone by then: the larger of the two programs counts
                 need = max(need, self._decoder((request.batch, *request.latent_shape))[1])
         refuse_if_too_big(need, devices, what, **limits)
@@ -448,6 +468,20 @@ class Wan22Pipeline:
             self._decoders[shape] = (lambda latents: program(state, jnp.asarray(latents, jnp.float32)), int(need))
         return self._decoders[shape]
 
+    def unmerged_for(self, steps: int) -> tuple | None:
+        """The unmerged LoRAs as the loop takes them: per expert (EXPERTS order, or ("model",)) an ExpertLoras
+        with every LoRA's strength at each of `steps` steps, or None; None without unmerged LoRAs. Raises
+        InputError for a per-step schedule of another length (before any compute)."""
+        if not self.unmerged_loras:
+            return None
+        names = EXPERTS if self.task.two_experts else ("model",)
+        tables = [strength_table(s, steps, str(w.source)) for w, s, _ in self.unmerged_loras]
+        out = []
+        for name in names:
+            mine = [(w.deltas, t) for (w, _, to), t in zip(self.unmerged_loras, tables) if name in to]
+            out.append(build_expert_loras(mine, flat_state(self.experts[name][1])) if mine else None)
+        return tuple(out)
+
     @staticmethod
     def _sampler_key(request: Request, plan: DenoisePlan):
         return jax.random.fold_in(request.key, 1) if plan.sampler.stochastic else None
@@ -461,8 +495,9 @@ class Wan22Pipeline:
           The PipelineOutput (see `__call__`).
         """
         plan = make_plan(request, self.task)
+        loras = self.unmerged_for(request.steps)
         if check_memory:
-            self.check_memory(request, plan)
+            self.check_memory(request, plan, loras)
         inputs, cond_latent = self.inputs(request)
         names = EXPERTS if self.task.two_experts else ("model",)
         states = tuple(self.experts[n][1] for n in names)
@@ -476,7 +511,7 @@ class Wan22Pipeline:
         t0 = time.perf_counter()
         with step_reporter(request.progress, request.steps) as report, mesh_context(self.mesh):
             final, aux = denoise(graphdef, plan, states, inputs, request.tables, key, progress=report,
-                                 on_step=on_step)
+                                 on_step=on_step, loras=loras)
             final = jax.block_until_ready(final)
         denoise_s = time.perf_counter() - t0
         bad = int(aux["first_nonfinite_step"])

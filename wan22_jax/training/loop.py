@@ -2,11 +2,17 @@
 `wan22 train CONFIG.json` reads; `wan22 train --help` lists every field), e.g.
 
     {"out_dir": "runs/mini", "steps": 1000, "batch_size": 8,
-     "data": {"kind": "world"}, "world": {"height": 64, "width": 64, "frames": 17, "clips": 512},
+     "data": {"kind": "world"} | {"kind": "cache", "dir": "cache/folder", "held_out": 8},
+     "world": {"height": 64, "width": 64, "frames": 17, "clips": 512},
      "vae": "path/to/folder" | null, "text": {...}, "dit": {DiTConfig fields}, "train": {TrainConfig fields},
      "lora": null | {"base": "dit folder", "rank": 4, "alpha": 4, "targets": [...]},
      "mesh": {"spec": "fsdp=4,seq=2"}, "checkpoint": {"dir": null, "keep": 3, "every": 100},
      "eval": {"every": 100, "batch": 8}}
+
+With data.kind "cache" (a `wan22 cache` folder) the batches come from training/loader.py's Loader: one bucket
+per batch, the order fixed by train.seed, token ids when the text encoder trains with the DiT ("text":
+{"train": true}, with text.tokenizer_dir the cache's tokenizer) and the cached contexts otherwise; the held-out
+samples (data.held_out) are evaluated bucket by bucket.
 
 With a mesh, the parameters, optimizer state, EMA and batches are split by the inference rules
 (training/placement.py) and the step runs as one sharded program; the checkpoints hold the sharded state.
@@ -41,8 +47,11 @@ from wan22_jax.ops import XLA, Kernels, with_kernels
 from wan22_jax.models.vae import encode
 from wan22_jax.training import lora as lora_mod
 from wan22_jax.sharding.rules import make_mesh
+from wan22_jax.errors import ConfigError
+from wan22_jax.training.cache import CachedDataset, tokenizer_hash
 from wan22_jax.training.checkpoint import TrainCheckpointer
 from wan22_jax.training.data import LatentData
+from wan22_jax.training.loader import Loader, held_out_batches
 from wan22_jax.training.placement import batch_shardings, dotted_specs, put, state_shardings, tree_shardings
 from wan22_jax.training.run_config import RunConfig, parse_run_config
 from wan22_jax.training.step import Placement, full_params, init_state, make_eval_loss, make_train_step
@@ -133,6 +142,29 @@ def plot_losses(out_dir: Path) -> Path:
     return path
 
 
+def _batches(data, position: int, batch_size: int, accum: int):
+    """The run's batches from data position `position` on: a Loader's read ahead by its Grain threads, the
+    mini-world's computed one by one."""
+    if isinstance(data, Loader):
+        for _, batch in data.iterator(position):
+            yield batch
+        return
+    while True:
+        yield data.batch(position, batch_size, accum)
+        position += batch_size * accum
+
+
+def _put_batch(batch, shardings):
+    """A batch onto its shardings; on several processes each holds its rows only (Loader) and the global batch is
+    assembled from them."""
+    if shardings is None:
+        return batch
+    if jax.process_count() > 1:
+        return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)), batch,
+                            shardings)
+    return put(batch, shardings)
+
+
 def _placement(mesh, state, specs, batch, frozen) -> Placement | None:
     """Shardings of the state, the batches and the frozen params over `mesh` (None: one device)."""
     if mesh is None:
@@ -162,23 +194,47 @@ def train(config: RunConfig | dict[str, Any], *, kernels: Kernels = XLA) -> dict
     if train_cfg.attention != "xla":
         kernels = dataclasses.replace(kernels, attention=train_cfg.attention)
     mesh = make_mesh(cfg.mesh.spec) if cfg.mesh.spec else None
+    # a trained encoder runs inside the loss on token ids; a frozen one's contexts are precomputed
+    text_mode = "ids" if text_cfg.train else "context"
+    cached = None
+    if cfg.data.kind == "cache":  # opened (and its sizes checked) before anything is built or written
+        cached = CachedDataset(cfg.data.dir, held_out=cfg.data.held_out)
+        cached.check(z_dim=dit_cfg.in_dim, text_dim=None if text_cfg.train else dit_cfg.text_dim,
+                     text_len=dit_cfg.text_len)
+        data = Loader(cached, batch_size=batch_size, grad_accum=train_cfg.grad_accum, seed=train_cfg.seed,
+                      text=text_mode, read_threads=cfg.data.read_threads, prefetch=cfg.data.read_threads)
     out_dir.mkdir(parents=True, exist_ok=True)  # after the config checks: a mistake leaves no folder behind
 
-    text_encoder, t5_cfg, t5_model = build_text_encoder(text_cfg, dit_cfg.text_len, out_dir / "tokenizer")
-    # a trained encoder runs inside the loss on token ids; a frozen one is run once per prompt here
-    text_kw = ({"tokenize": text_encoder.tokenizer} if text_cfg.train
-               else {"encode_text": lambda prompts: text_encoder(prompts)[0]})
-    encode_video = _video_encoder(cfg.vae)
-    data = LatentData(cfg.world, encode_video, **text_kw)  # data.kind "world": the only kind so far
-    held_out = LatentData(cfg.world, encode_video, split="held_out", seed_offset=1, clips=cfg.eval.batch,
-                          **text_kw)
-    eval_batch = held_out.batch(0, len(held_out))
-    eval_batch = {k: v[0] for k, v in eval_batch.items()}
+    text_encoder = t5_cfg = t5_model = None
+    if cached is None or text_cfg.train:
+        text_encoder, t5_cfg, t5_model = build_text_encoder(text_cfg, dit_cfg.text_len, out_dir / "tokenizer")
+        if t5_cfg.dim != dit_cfg.text_dim:
+            raise ConfigError(f"text.t5.dim={t5_cfg.dim} must equal dit.text_dim={dit_cfg.text_dim} (the DiT reads "
+                              "the encoder's output)")
+    if cached is None:
+        text_kw = ({"tokenize": text_encoder.tokenizer} if text_cfg.train
+                   else {"encode_text": lambda prompts: text_encoder(prompts)[0]})
+        encode_video = _video_encoder(cfg.vae)
+        data = LatentData(cfg.world, encode_video, **text_kw)
+        held_out = LatentData(cfg.world, encode_video, split="held_out", seed_offset=1, clips=cfg.eval.batch,
+                              **text_kw)
+        eval_batch = held_out.batch(0, len(held_out))
+        eval_sets = [("all", {k: v[0] for k, v in eval_batch.items()})]
+    else:
+        if text_cfg.train and tokenizer_hash(text_encoder.tokenizer) != cached.manifest["tokenizer"]:
+            raise ConfigError(f"text.tokenizer_dir {text_cfg.tokenizer_dir}: not the tokenizer the cache "
+                              f"{cfg.data.dir} was made with (its token ids would mean other words)")
+        eval_sets = [] if not cfg.data.held_out else held_out_batches(
+            CachedDataset(cfg.data.dir, held_out=cfg.data.held_out, split="held_out"), text=text_mode,
+            chunk=cfg.eval.batch)
 
     text_fn = None
     lora_cfg = None if cfg.lora is None else cfg.lora.adapter
     if lora_cfg is not None:
         base_model = with_kernels(load_dit(cfg.lora.base, dtype=dtype, param_dtype=jnp.float32), kernels)
+        if cached is not None:  # the base's sizes, not the config's dit section, are what the cache must fit
+            cached.check(z_dim=base_model.cfg.in_dim, text_dim=base_model.cfg.text_dim,
+                         text_len=base_model.cfg.text_len)
         graphdef, base_state = nnx.split(base_model)
         specs = {} if mesh is None else dotted_specs(base_state, "dit", mesh)
         frozen = nnx.to_pure_dict(base_state)
@@ -208,18 +264,34 @@ def train(config: RunConfig | dict[str, Any], *, kernels: Kernels = XLA) -> dict
     if ckpt.latest_step() is not None:
         state, _ = ckpt.restore(state)  # onto the template's shardings
         start = int(state["step"])
-        tqdm.write(f"resuming from step {start} of {steps} (checkpoint in {ckpt_dir})")
+        tqdm.write(f"resumed from step {start} (checkpoint in {ckpt_dir}): resuming from step {start} of {steps}")
     train_step = make_train_step(graphdef, train_cfg, params_fn, text_fn, placement)
     eval_loss = make_eval_loss(graphdef, train_cfg, params_fn, text_fn, mesh=mesh)
     log = _CsvLog(out_dir / "loss.csv", ["step", "loss", "grad_norm", "lr", "seconds"], start)
-    eval_log = _CsvLog(out_dir / "eval.csv", ["step"] + [f"t{t}" for t in EVAL_TIMESTEPS], start)
+    columns = [f"t{t}" for t in EVAL_TIMESTEPS]
+    eval_log = _CsvLog(out_dir / "eval.csv", ["step"] + columns, start)
+    bucket_log = None if cached is None else _CsvLog(out_dir / "eval_buckets.csv", ["step", "bucket", "samples"]
+                                                      + columns, start)
     meta = {"config": cfg.to_dict()}
 
     def evaluate(step):
-        row = {"step": step}
-        for t in EVAL_TIMESTEPS:
-            row[f"t{t}"] = float(eval_loss(state["params"], eval_batch, t / train_cfg.num_train_timesteps, frozen))
-        eval_log.write(row)
+        """eval.csv: the held-out loss over all held-out samples; eval_buckets.csv (a cache): per bucket."""
+        if not eval_sets:
+            return
+        per_bucket: dict[str, dict[str, float]] = {}
+        for name, batch in eval_sets:
+            n = len(batch["latents"])
+            acc = per_bucket.setdefault(name, {"samples": 0, **{c: 0.0 for c in columns}})
+            acc["samples"] += n
+            for t, c in zip(EVAL_TIMESTEPS, columns):
+                acc[c] += n * float(eval_loss(state["params"], batch, t / train_cfg.num_train_timesteps, frozen))
+        total = sum(a["samples"] for a in per_bucket.values())
+        eval_log.write({"step": step, **{c: f"{sum(a[c] for a in per_bucket.values()) / total:.6f}"
+                                         for c in columns}})
+        if bucket_log is not None:
+            for name, a in per_bucket.items():
+                bucket_log.write({"step": step, "bucket": name, "samples": a["samples"],
+                                  **{c: f"{a[c] / a['samples']:.6f}" for c in columns}})
 
     bar = tqdm(total=steps, initial=start, desc="training", unit="step", disable=not cfg.progress)
     t0 = time.perf_counter()
@@ -228,10 +300,10 @@ def train(config: RunConfig | dict[str, Any], *, kernels: Kernels = XLA) -> dict
         evaluate(0)
     interrupt = _Interrupt(enabled=True)
     interrupted = False
+    batches = _batches(data, int(state["data_position"]), batch_size, train_cfg.grad_accum)
     try:
         for step in range(start, steps):
-            batch = data.batch(int(state["data_position"]), batch_size, train_cfg.grad_accum)
-            state, metrics = train_step(state, put(batch, placement and placement.batch), frozen)
+            state, metrics = train_step(state, _put_batch(next(batches), placement and placement.batch), frozen)
             loss = float(metrics["loss"])
             log.write({"step": step + 1, "loss": f"{loss:.6f}", "grad_norm": f"{float(metrics['grad_norm']):.4f}",
                        "lr": f"{float(metrics['lr']):.3g}", "seconds": f"{time.perf_counter() - t0:.2f}"})

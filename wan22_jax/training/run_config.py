@@ -2,9 +2,11 @@
 
     RunConfig
       out_dir, steps, batch_size, progress, stop_after      the run
-      data        DataConfig       where clips come from ({"kind": "world"}: the procedural mini-world)
-      world       WorldConfig      the mini-world's clips (training/data.py)
-      vae         path or null     a Wan VAE folder (latents), or null: average-pooled pixels
+      data        DataConfig       where clips come from: "world" (the procedural mini-world) or "cache" (a
+                                   latent cache of video files made by `wan22 cache`, training/loader.py)
+      world       WorldConfig      the mini-world's clips (training/data.py; kind "world" only)
+      vae         path or null     a Wan VAE folder (latents), or null: average-pooled pixels (kind "world";
+                                   with a cache it only decodes the sample videos)
       text        TextConfig       tokenizer + umT5, frozen or trained (training/text.py)
       dit         DiTConfig        the DiT (models/dit.py); required
       train       TrainConfig      optimizer, schedule, objective, precision, remat, attention (training/config.py)
@@ -33,15 +35,22 @@ from wan22_jax.training.data import WorldConfig
 from wan22_jax.training.lora import LoraConfig
 from wan22_jax.training.text import TextConfig
 
-DATA_KINDS = ("world",)
+DATA_KINDS = ("world", "cache")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    """Where the training clips come from. kind: "world", the procedural mini-world sized by the `world` section
-    (other kinds, such as video files and a latent cache, plug in here)."""
+    """Where the training clips come from. kind: "world", the procedural mini-world sized by the `world` section;
+    or "cache", the latent cache in `dir` (`wan22 cache` of a folder of videos/images with captions): batches of
+    one bucket each, in an order fixed by train.seed, resumed from the checkpoint's data position.
+    held_out (cache only): that many samples are kept out of training and their loss is evaluated per bucket
+    every eval.every steps (eval.csv: all of them; eval_buckets.csv: per bucket); 0: no held-out loss.
+    read_threads (cache only): Grain's reading threads."""
 
     kind: str = "world"
+    dir: str | None = None
+    held_out: int = 0
+    read_threads: int = 4
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -115,7 +124,8 @@ class RunConfig:
 OWN_PARSERS = {"dit": DiTConfig, "world": WorldConfig, "text": TextConfig, "train": TrainConfig}
 # whole numbers and their minimum, per section ("" = the top level)
 MINIMUM = {("", "steps"): 1, ("", "batch_size"): 1, ("", "stop_after"): 1, ("checkpoint", "keep"): 1,
-           ("checkpoint", "every"): 1, ("eval", "every"): 1, ("eval", "batch"): 1}
+           ("checkpoint", "every"): 1, ("eval", "every"): 1, ("eval", "batch"): 1,
+           ("data", "read_threads"): 1}
 
 
 def _where(section: str, name: str) -> str:
@@ -204,6 +214,15 @@ def _check(cfg: RunConfig) -> None:
     """Values that each section alone cannot judge."""
     if cfg.data.kind not in DATA_KINDS:
         raise ConfigError(f"training config data.kind={cfg.data.kind!r}: one of {DATA_KINDS}")
+    if cfg.data.kind == "cache" and not cfg.data.dir:
+        raise ConfigError("training config data.dir: data.kind \"cache\" needs the cache folder (`wan22 cache "
+                          "... --out DIR`)")
+    if cfg.data.kind == "world" and (cfg.data.dir is not None or cfg.data.held_out):
+        raise ConfigError("training config data.dir / data.held_out belong to data.kind \"cache\"; the mini-world "
+                          "(kind \"world\") is sized by the `world` section")
+    if cfg.data.kind == "cache" and cfg.text.train and cfg.text.tokenizer_dir is None:
+        raise ConfigError("training config text.tokenizer_dir: training the text encoder on a cache needs the "
+                          "tokenizer folder the cache was made with (its token ids)")
     if cfg.mesh.spec:
         parse_mesh_spec(cfg.mesh.spec)  # its syntax, before any device is asked
     if cfg.lora is not None and cfg.text.train:

@@ -14,6 +14,7 @@ from wan22_jax.models.tokenizer import Tokenizer
 from wan22_jax.models.tokenizer_training import train_tokenizer
 from wan22_jax.training.cache import MANIFEST, tokenizer_hash
 from wan22_jax.training.loop import train
+from wan22_jax.training.metrics import read_scalars
 from wan22_jax.training.run_config import parse_run_config
 
 from .test_loader import write_cache
@@ -89,6 +90,15 @@ def test_cache_run_trains_evaluates_per_bucket_and_resumes_exactly(tmp_path, cac
         assert all(np.isfinite(float(r["t500"])) for r in at)
     with open(out / "eval.csv") as f:
         assert [r["step"] for r in csv.DictReader(f)] == ["0", "3", "6"]
+    # metrics: CSV and TensorBoard (train scalars every step, held-out losses overall and per bucket)
+    with open(out / "metrics.csv") as f:
+        m = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in m] == list(range(1, 7)) and all(float(r["samples_per_s"]) > 0 for r in m)
+    scalars = read_scalars(out / "tensorboard")
+    assert [s for s, _ in scalars["train/loss"]] == list(range(1, 7))
+    assert [s for s, _ in scalars["eval/t500"]] == [0, 3, 6]
+    assert sum(tag.startswith("eval/") and tag.endswith("/t500") and tag != "eval/t500" for tag in scalars) == \
+        len({r["bucket"] for r in rows})
 
     # stopped after step 3 (the last checkpoint is step 2's), then the same config again: resumes at 2
     cfg = _config(tmp_path / "b", cache_dir)

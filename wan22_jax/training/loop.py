@@ -44,7 +44,7 @@ from wan22_jax.convert.dit import load_dit, save_dit
 from wan22_jax.convert.vae import load_vae
 from wan22_jax.models.dit import WanModel
 from wan22_jax.ops import XLA, Kernels, with_kernels
-from wan22_jax.models.vae import encode
+from wan22_jax.models.vae import decode, encode
 from wan22_jax.training import lora as lora_mod
 from wan22_jax.sharding.rules import make_mesh
 from wan22_jax.errors import ConfigError
@@ -52,6 +52,8 @@ from wan22_jax.training.cache import CachedDataset, tokenizer_hash
 from wan22_jax.training.checkpoint import TrainCheckpointer
 from wan22_jax.training.data import LatentData
 from wan22_jax.training.loader import Loader, held_out_batches
+from wan22_jax.training.metrics import MetricsLogger, total_peak_flops, train_flops
+from wan22_jax.training.previews import PreviewRenderer, batch_previews, cache_previews, pixel_decoder
 from wan22_jax.training.placement import batch_shardings, dotted_specs, put, state_shardings, tree_shardings
 from wan22_jax.training.run_config import RunConfig, parse_run_config
 from wan22_jax.training.step import Placement, full_params, init_state, make_eval_loss, make_train_step
@@ -80,11 +82,13 @@ class _Interrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _video_encoder(vae_path):
+def _vae_functions(vae_path):
+    """(encode, decode) of the VAE in `vae_path`: video [B, 3, T, H, W] <-> normalised latents [B, z, F, h, w];
+    (None, None) without one."""
     if vae_path is None:
-        return None
+        return None, None
     graphdef, state = nnx.split(load_vae(vae_path))
-    return lambda video: encode(graphdef, state, video)
+    return (lambda video: encode(graphdef, state, video)), (lambda latents: decode(graphdef, state, latents))
 
 
 class _CsvLog:
@@ -214,24 +218,31 @@ def train(config: RunConfig | dict[str, Any], *, kernels: Kernels = XLA) -> dict
     if cached is None:
         text_kw = ({"tokenize": text_encoder.tokenizer} if text_cfg.train
                    else {"encode_text": lambda prompts: text_encoder(prompts)[0]})
-        encode_video = _video_encoder(cfg.vae)
+        encode_video, decode_video = _vae_functions(cfg.vae)
         data = LatentData(cfg.world, encode_video, **text_kw)
         held_out = LatentData(cfg.world, encode_video, split="held_out", seed_offset=1, clips=cfg.eval.batch,
                               **text_kw)
         eval_batch = held_out.batch(0, len(held_out))
         eval_sets = [("all", {k: v[0] for k, v in eval_batch.items()})]
+        previews = batch_previews(eval_sets[0][1], held_out.prompts, cfg.eval.samples)
+        decode_fn = decode_video or pixel_decoder(cfg.world.pixel_stride)
     else:
         if text_cfg.train and tokenizer_hash(text_encoder.tokenizer) != cached.manifest["tokenizer"]:
             raise ConfigError(f"text.tokenizer_dir {text_cfg.tokenizer_dir}: not the tokenizer the cache "
                               f"{cfg.data.dir} was made with (its token ids would mean other words)")
-        eval_sets = [] if not cfg.data.held_out else held_out_batches(
-            CachedDataset(cfg.data.dir, held_out=cfg.data.held_out, split="held_out"), text=text_mode,
-            chunk=cfg.eval.batch)
+        held_out = None if not cfg.data.held_out else CachedDataset(cfg.data.dir, held_out=cfg.data.held_out,
+                                                                    split="held_out")
+        eval_sets = [] if held_out is None else held_out_batches(held_out, text=text_mode, chunk=cfg.eval.batch)
+        # without held-out samples the sample videos use training captions
+        previews = cache_previews(held_out or cached, text_mode, cfg.eval.samples)
+        decode_fn = _vae_functions(cfg.vae)[1] if previews else None
 
     text_fn = None
     lora_cfg = None if cfg.lora is None else cfg.lora.adapter
+    model_cfg = dit_cfg  # the trained DiT's sizes (a LoRA's base may differ from the dit section)
     if lora_cfg is not None:
         base_model = with_kernels(load_dit(cfg.lora.base, dtype=dtype, param_dtype=jnp.float32), kernels)
+        model_cfg = base_model.cfg
         if cached is not None:  # the base's sizes, not the config's dit section, are what the cache must fit
             cached.check(z_dim=base_model.cfg.in_dim, text_dim=base_model.cfg.text_dim,
                          text_len=base_model.cfg.text_len)
@@ -273,6 +284,11 @@ def train(config: RunConfig | dict[str, Any], *, kernels: Kernels = XLA) -> dict
     bucket_log = None if cached is None else _CsvLog(out_dir / "eval_buckets.csv", ["step", "bucket", "samples"]
                                                       + columns, start)
     meta = {"config": cfg.to_dict()}
+    renderer = None if not previews else PreviewRenderer(
+        graphdef, params_fn, text_fn, previews, decode=decode_fn, steps=cfg.eval.sample_steps,
+        guidance=cfg.eval.guidance, shift=train_cfg.shift)
+    metrics_log = MetricsLogger(out_dir, peak_flops=total_peak_flops("bf16" if dtype == jnp.bfloat16 else "fp32"),
+                                resume_step=start, enabled=jax.process_index() == 0)
 
     def evaluate(step):
         """eval.csv: the held-out loss over all held-out samples; eval_buckets.csv (a cache): per bucket."""
@@ -286,12 +302,17 @@ def train(config: RunConfig | dict[str, Any], *, kernels: Kernels = XLA) -> dict
             for t, c in zip(EVAL_TIMESTEPS, columns):
                 acc[c] += n * float(eval_loss(state["params"], batch, t / train_cfg.num_train_timesteps, frozen))
         total = sum(a["samples"] for a in per_bucket.values())
-        eval_log.write({"step": step, **{c: f"{sum(a[c] for a in per_bucket.values()) / total:.6f}"
-                                         for c in columns}})
+        means = {c: sum(a[c] for a in per_bucket.values()) / total for c in columns}
+        eval_log.write({"step": step, **{c: f"{v:.6f}" for c, v in means.items()}})
+        scalars = {f"eval/{c}": v for c, v in means.items()}
         if bucket_log is not None:
             for name, a in per_bucket.items():
                 bucket_log.write({"step": step, "bucket": name, "samples": a["samples"],
                                   **{c: f"{a[c] / a['samples']:.6f}" for c in columns}})
+                scalars.update({f"eval/{name}/{c}": a[c] / a["samples"] for c in columns})
+        metrics_log.log_scalars(step, scalars)
+        if renderer is not None and jax.process_index() == 0:
+            renderer.render(state["params"], frozen, step, out_dir)
 
     bar = tqdm(total=steps, initial=start, desc="training", unit="step", disable=not cfg.progress)
     t0 = time.perf_counter()
@@ -303,12 +324,19 @@ def train(config: RunConfig | dict[str, Any], *, kernels: Kernels = XLA) -> dict
     batches = _batches(data, int(state["data_position"]), batch_size, train_cfg.grad_accum)
     try:
         for step in range(start, steps):
-            state, metrics = train_step(state, _put_batch(next(batches), placement and placement.batch), frozen)
+            batch = next(batches)
+            shape = np.shape(batch["latents"])
+            state, metrics = train_step(state, _put_batch(batch, placement and placement.batch), frozen)
             loss = float(metrics["loss"])
             log.write({"step": step + 1, "loss": f"{loss:.6f}", "grad_norm": f"{float(metrics['grad_norm']):.4f}",
                        "lr": f"{float(metrics['lr']):.3g}", "seconds": f"{time.perf_counter() - t0:.2f}"})
+            # the global batch: every process reads batch_size / processes rows of it
+            row = metrics_log.log(step + 1, loss=loss, grad_norm=metrics["grad_norm"], lr=metrics["lr"],
+                                  samples=batch_size * train_cfg.grad_accum,
+                                  flops=train_flops(model_cfg, (shape[0], batch_size, *shape[2:])))
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
+            bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{row['samples_per_s']:.1f}",
+                            **({} if row["mfu"] is None else {"mfu": f"{row['mfu']:.1%}"}))
             done = step + 1
             if done % cfg.eval.every == 0 or done == steps:
                 evaluate(done)
@@ -321,6 +349,7 @@ def train(config: RunConfig | dict[str, Any], *, kernels: Kernels = XLA) -> dict
                 break
     finally:
         interrupt.restore()
+        metrics_log.close()
     bar.close()
     ckpt.close()
     seconds = time.perf_counter() - t0

@@ -74,10 +74,17 @@ class CheckpointConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EvalConfig:
-    """every: the held-out loss at t = 100, 500, 900 every N steps (eval.csv); batch: held-out clips."""
+    """every: the held-out loss at t = 100, 500, 900 every N steps (eval.csv); batch: held-out clips (a cache:
+    samples per evaluation batch, all held-out samples are evaluated). samples: sample videos generated from
+    held-out captions at every evaluation (out_dir/samples/step_N_i.mp4), when the run can decode its latents
+    (a `vae`, or the mini-world's pooled pixels); 0: none. sample_steps, guidance: their sampling steps and
+    guide scale (shift: train.shift)."""
 
     every: int = 100
     batch: int = 8
+    samples: int = 0
+    sample_steps: int = 20
+    guidance: float = 4.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -91,8 +98,9 @@ class LoraRunConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    """out_dir: where loss.csv, eval.csv, loss.png and the trained weights go (out_dir/dit, out_dir/t5,
-    or out_dir/lora.safetensors). steps: optimizer steps of the run. batch_size: samples per micro-batch (a step
+    """out_dir: where the logs and the trained weights go: loss.csv, metrics.csv and tensorboard/ (loss, grad
+    norm, lr, samples/s, MFU), eval.csv (held-out loss; eval_buckets.csv per bucket), loss.png, samples/ (sample
+    videos), and out_dir/dit (+ out_dir/t5 and out_dir/tokenizer), or out_dir/lora.safetensors. steps: optimizer steps of the run. batch_size: samples per micro-batch (a step
     sees train.grad_accum of them). progress: a tqdm bar. stop_after: stop after this step without writing the
     outputs (tests)."""
 
@@ -125,7 +133,7 @@ OWN_PARSERS = {"dit": DiTConfig, "world": WorldConfig, "text": TextConfig, "trai
 # whole numbers and their minimum, per section ("" = the top level)
 MINIMUM = {("", "steps"): 1, ("", "batch_size"): 1, ("", "stop_after"): 1, ("checkpoint", "keep"): 1,
            ("checkpoint", "every"): 1, ("eval", "every"): 1, ("eval", "batch"): 1,
-           ("data", "read_threads"): 1}
+           ("data", "read_threads"): 1, ("eval", "sample_steps"): 1}
 
 
 def _where(section: str, name: str) -> str:
@@ -147,6 +155,10 @@ def _typed(value: Any, hint: Any, section: str, name: str) -> Any:
         low = MINIMUM.get((section, name), 0)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"training config {where}={value!r}: must be a whole number >= {low}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"training config {where}={value!r}: must be a number")
+        value = float(value)
     elif hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"training config {where}={value!r}: must be a string")
@@ -223,6 +235,9 @@ def _check(cfg: RunConfig) -> None:
     if cfg.data.kind == "cache" and cfg.text.train and cfg.text.tokenizer_dir is None:
         raise ConfigError("training config text.tokenizer_dir: training the text encoder on a cache needs the "
                           "tokenizer folder the cache was made with (its token ids)")
+    if cfg.eval.samples and cfg.data.kind == "cache" and cfg.vae is None:
+        raise ConfigError("training config eval.samples: sample videos from a cache need its VAE to decode them: "
+                          "set vae to the VAE folder the cache was made with")
     if cfg.mesh.spec:
         parse_mesh_spec(cfg.mesh.spec)  # its syntax, before any device is asked
     if cfg.lora is not None and cfg.text.train:

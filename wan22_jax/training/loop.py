@@ -42,6 +42,8 @@ from tqdm.auto import tqdm
 
 from wan22_jax.convert.dit import load_dit, save_dit
 from wan22_jax.convert.vae import load_vae
+from wan22_jax.lora.export import expert_path, export_lora
+from wan22_jax.lora.formats import COMFYUI
 from wan22_jax.models.dit import WanModel
 from wan22_jax.ops import XLA, Kernels, with_kernels
 from wan22_jax.models.vae import decode, encode
@@ -60,6 +62,7 @@ from wan22_jax.training.step import Placement, full_params, init_state, make_eva
 from wan22_jax.training.text import build_text_encoder, export_trained_t5, joint_params_fn, make_text_fn
 
 EVAL_TIMESTEPS = (100, 500, 900)
+COMFYUI_FILE = "lora_comfyui.safetensors"
 
 
 class _Interrupt:
@@ -203,8 +206,9 @@ def train(config: RunConfig | dict[str, Any], *, kernels: Kernels = XLA) -> dict
     cached = None
     if cfg.data.kind == "cache":  # opened (and its sizes checked) before anything is built or written
         cached = CachedDataset(cfg.data.dir, held_out=cfg.data.held_out)
-        cached.check(z_dim=dit_cfg.in_dim, text_dim=None if text_cfg.train else dit_cfg.text_dim,
-                     text_len=dit_cfg.text_len)
+        if cfg.lora is None:  # a LoRA's base is checked once loaded
+            cached.check(z_dim=dit_cfg.in_dim, text_dim=None if text_cfg.train else dit_cfg.text_dim,
+                         text_len=dit_cfg.text_len)
         data = Loader(cached, batch_size=batch_size, grad_accum=train_cfg.grad_accum, seed=train_cfg.seed,
                       text=text_mode, read_threads=cfg.data.read_threads, prefetch=cfg.data.read_threads)
     out_dir.mkdir(parents=True, exist_ok=True)  # after the config checks: a mistake leaves no folder behind
@@ -241,7 +245,7 @@ def train(config: RunConfig | dict[str, Any], *, kernels: Kernels = XLA) -> dict
     lora_cfg = None if cfg.lora is None else cfg.lora.adapter
     model_cfg = dit_cfg  # the trained DiT's sizes (a LoRA's base may differ from the dit section)
     if lora_cfg is not None:
-        base_model = with_kernels(load_dit(cfg.lora.base, dtype=dtype, param_dtype=jnp.float32), kernels)
+        base_model = with_kernels(load_dit(cfg.lora.base_path, dtype=dtype, param_dtype=jnp.float32), kernels)
         model_cfg = base_model.cfg
         if cached is not None:  # the base's sizes, not the config's dit section, are what the cache must fit
             cached.check(z_dim=base_model.cfg.in_dim, text_dim=base_model.cfg.text_dim,
@@ -354,21 +358,27 @@ def train(config: RunConfig | dict[str, Any], *, kernels: Kernels = XLA) -> dict
     ckpt.close()
     seconds = time.perf_counter() - t0
     if not interrupted and (cfg.stop_after is None or int(state["step"]) >= steps):
-        _write_result(out_dir, state, dit_cfg, lora_cfg, t5_cfg if text_cfg.train else None)
+        _write_result(out_dir, state, model_cfg, cfg.lora, t5_cfg if text_cfg.train else None)
         plot_losses(out_dir)
     return {"state": state, "step": int(state["step"]), "out_dir": out_dir, "seconds": seconds,
             "last_loss": loss, "interrupted": interrupted, "checkpoint_dir": ckpt_dir}
 
 
-def _write_result(out_dir: Path, state, dit_cfg, lora_cfg, t5_cfg) -> None:
+def _write_result(out_dir: Path, state, dit_cfg, lora_run, t5_cfg) -> None:
     """The trained weights (EMA weights if the state keeps an EMA): out_dir/dit (our Orbax DiT format) and, for a
-    trained encoder (t5_cfg given), out_dir/t5 (release layout); or out_dir/lora.safetensors."""
+    trained encoder (t5_cfg given), out_dir/t5 (release layout); or, for a LoRA run (lora_run: its
+    LoraRunConfig), out_dir/lora.safetensors (ours) and out_dir/lora_comfyui[.<expert>].safetensors."""
     params = state.get("ema", state["params"])
     if t5_cfg is not None:
         export_trained_t5(out_dir / "t5", params["t5"], t5_cfg)
         params = params["dit"]
-    if lora_cfg:
-        lora_mod.save_lora(out_dir / "lora.safetensors", params, lora_cfg)
+    if lora_run is not None:
+        params = jax.tree.map(np.asarray, params)
+        lora_mod.save_lora(out_dir / "lora.safetensors", params, lora_run.adapter)
+        comfy = out_dir / COMFYUI_FILE
+        if lora_run.expert_name is not None:
+            comfy = expert_path(comfy, lora_run.expert_name)
+        export_lora(comfy, params, lora_run.adapter, dit_cfg, COMFYUI)
         return
     abstract = nnx.state(nnx.eval_shape(lambda: WanModel(dit_cfg)))
     nnx.replace_by_pure_dict(abstract, jax.tree.map(np.asarray, params))

@@ -24,11 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 from typing import Any, Mapping
 
 from wan22_jax.config_utils import config_from_dict
-from wan22_jax.errors import ConfigError
+from wan22_jax.convert.dit import read_dit_config
+from wan22_jax.errors import CheckpointFormatError, ConfigError, InputError
+from wan22_jax.io.orbax_io import MANIFEST, read_manifest
 from wan22_jax.models.dit import DiTConfig
+from wan22_jax.pipeline.files import default_checkpoint
 from wan22_jax.sharding.rules import parse_mesh_spec
 from wan22_jax.training.config import TrainConfig
 from wan22_jax.training.data import WorldConfig
@@ -87,21 +91,51 @@ class EvalConfig:
     guidance: float = 4.0
 
 
+EXPERTS = {"high": "high_noise_model", "low": "low_noise_model"}
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LoraRunConfig:
-    """base: the DiT folder the adapters train on (frozen; `wan22 convert` or `wan22 train` output); the other
-    fields are the adapter's (LoraConfig: rank, alpha, targets), written flat beside `base`."""
+    """base: the DiT folder the adapters train on (frozen; a release's DiT folder, `wan22 convert` or `wan22
+    train` output), or "default": the embedded mini-world model; the `dit` section may then be left out (it is
+    the base's). expert: "high" / "low" for one expert of an A14B release (null: read from a base folder named
+    high_noise_model / low_noise_model); the ComfyUI file is then named for it (lora_comfyui.high_noise.safetensors)
+    and loads with `pipe.load_lora(path, expert="high")`. The other fields are the adapter's (LoraConfig: rank,
+    alpha, targets), written flat beside `base`. A LoRA run writes out_dir/lora.safetensors (ours) and
+    out_dir/lora_comfyui.safetensors (`diffusion_model.<module>.lora_A / lora_B / alpha`: ComfyUI's naming)."""
 
     base: str
+    expert: str | None = None
     adapter: LoraConfig = LoraConfig()
+
+    @property
+    def base_path(self) -> Path:
+        """The base DiT folder ("default" resolved to the embedded model)."""
+        return default_checkpoint() if self.base == "default" else Path(self.base)
+
+    @property
+    def expert_name(self) -> str | None:
+        """The A14B expert the adapter is for ("high_noise_model" / "low_noise_model"), or None."""
+        if self.expert is not None:
+            return EXPERTS[self.expert]
+        name = Path(self.base).name
+        return name if name in EXPERTS.values() else None
+
+
+def base_dit_config(folder: Path) -> DiTConfig:
+    """The DiTConfig of a DiT folder (ours, official or Diffusers), read without its weights."""
+    if (folder / MANIFEST).is_file():
+        return config_from_dict(DiTConfig, read_manifest(folder)["config"], source=str(folder / MANIFEST))
+    return read_dit_config(folder)[0]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """out_dir: where the logs and the trained weights go: loss.csv, metrics.csv and tensorboard/ (loss, grad
     norm, lr, samples/s, MFU), eval.csv (held-out loss; eval_buckets.csv per bucket), loss.png, samples/ (sample
-    videos), and out_dir/dit (+ out_dir/t5 and out_dir/tokenizer), or out_dir/lora.safetensors. steps: optimizer steps of the run. batch_size: samples per micro-batch (a step
-    sees train.grad_accum of them). progress: a tqdm bar. stop_after: stop after this step without writing the
+    videos), and out_dir/dit (+ out_dir/t5 and out_dir/tokenizer), or out_dir/lora.safetensors and
+    out_dir/lora_comfyui.safetensors. steps: optimizer steps of the run. batch_size: samples per micro-batch (a
+    step sees train.grad_accum of them). progress: a tqdm bar. stop_after: stop after this step without writing the
     outputs (tests)."""
 
     out_dir: str
@@ -124,7 +158,8 @@ class RunConfig:
         """Plain JSON (what the checkpoints store beside the state); `parse_run_config` reads it back."""
         out = dataclasses.asdict(self)
         if self.lora is not None:  # the adapter's fields are written flat, as in the config file
-            out["lora"] = {"base": self.lora.base, **out["lora"]["adapter"]}
+            out["lora"] = {"base": self.lora.base, **({} if self.lora.expert is None else
+                                                      {"expert": self.lora.expert}), **out["lora"]["adapter"]}
         return out
 
 
@@ -183,10 +218,14 @@ def _lora(raw: Any) -> LoraRunConfig | None:
         return None
     if not (isinstance(raw, Mapping) and isinstance(raw.get("base"), str)):
         raise ConfigError(f"training config lora={raw!r}: must be null or an object with a \"base\" DiT folder")
-    spec = {k: v for k, v in raw.items() if k != "base"}
+    expert = raw.get("expert")
+    if expert is not None and expert not in EXPERTS:
+        raise ConfigError(f"training config lora.expert={expert!r}: \"high\", \"low\" or null")
+    spec = {k: v for k, v in raw.items() if k not in ("base", "expert")}
     if "targets" in spec and not spec["targets"]:
         spec.pop("targets")  # an empty list: the default targets
-    return LoraRunConfig(base=raw["base"], adapter=config_from_dict(LoraConfig, spec, source="config lora"))
+    return LoraRunConfig(base=raw["base"], expert=expert,
+                         adapter=config_from_dict(LoraConfig, spec, source="config lora"))
 
 
 def parse_run_config(raw: Any) -> RunConfig:
@@ -200,7 +239,7 @@ def parse_run_config(raw: Any) -> RunConfig:
     if unknown:
         raise ConfigError(f"unknown training config field(s) {unknown}; valid: {sorted(fields)}")
     for k in ("out_dir", "dit", "steps", "batch_size"):
-        if k not in raw:
+        if k not in raw and not (k == "dit" and raw.get("lora") is not None):
             raise ConfigError(f"training config needs {k!r}")
     hints = typing.get_type_hints(RunConfig)
     kw: dict[str, Any] = {}
@@ -217,6 +256,12 @@ def parse_run_config(raw: Any) -> RunConfig:
             raise ConfigError(f"training config vae={value!r}: must be a path (a string) or null")
         else:
             kw[name] = _typed(value, hints[name], "", name)
+    if "dit" not in kw:  # a LoRA run: the base's own config
+        try:
+            kw["dit"] = base_dit_config(kw["lora"].base_path)
+        except (CheckpointFormatError, InputError, OSError) as e:
+            raise ConfigError(f"training config lora.base={kw['lora'].base!r}: cannot read its DiT config ({e}); "
+                              "give the base folder, or a `dit` section") from None
     cfg = RunConfig(**kw)
     _check(cfg)
     return cfg
@@ -266,7 +311,7 @@ def describe() -> str:
         lines.append(f"  {f.name}: {_type_name(hint)} ({default})")
     for name, cls in sections:
         if cls is LoraRunConfig:
-            cls_fields = [("base", "str", "required")] + [
+            cls_fields = [("base", "str", "required"), ("expert", "str | null", "default None")] + [
                 (g.name, _type_name(typing.get_type_hints(LoraConfig)[g.name]), f"default {g.default!r}")
                 for g in dataclasses.fields(LoraConfig)]
             doc = LoraRunConfig.__doc__ + "\n" + LoraConfig.__doc__

@@ -222,7 +222,7 @@ def train(config: RunConfig | dict[str, Any], *, kernels: Kernels = XLA) -> dict
     if cached is None:
         text_kw = ({"tokenize": text_encoder.tokenizer} if text_cfg.train
                    else {"encode_text": lambda prompts: text_encoder(prompts)[0]})
-        encode_video, decode_video = _vae_functions(cfg.vae)
+        encode_video, decode_video = _vae_functions(cfg.vae_path)
         data = LatentData(cfg.world, encode_video, **text_kw)
         held_out = LatentData(cfg.world, encode_video, split="held_out", seed_offset=1, clips=cfg.eval.batch,
                               **text_kw)
@@ -239,7 +239,7 @@ def train(config: RunConfig | dict[str, Any], *, kernels: Kernels = XLA) -> dict
         eval_sets = [] if held_out is None else held_out_batches(held_out, text=text_mode, chunk=cfg.eval.batch)
         # without held-out samples the sample videos use training captions
         previews = cache_previews(held_out or cached, text_mode, cfg.eval.samples)
-        decode_fn = _vae_functions(cfg.vae)[1] if previews else None
+        decode_fn = _vae_functions(cfg.vae_path)[1] if previews else None
 
     text_fn = None
     lora_cfg = None if cfg.lora is None else cfg.lora.adapter

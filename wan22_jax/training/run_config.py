@@ -5,8 +5,9 @@
       data        DataConfig       where clips come from: "world" (the procedural mini-world) or "cache" (a
                                    latent cache of video files made by `wan22 cache`, training/loader.py)
       world       WorldConfig      the mini-world's clips (training/data.py; kind "world" only)
-      vae         path or null     a Wan VAE folder (latents), or null: average-pooled pixels (kind "world";
-                                   with a cache it only decodes the sample videos)
+      vae         path or null     a Wan VAE folder ("default": the embedded model's) for latents, or null:
+                                   average-pooled pixels (kind "world"; with a cache it only decodes the
+                                   sample videos)
       text        TextConfig       tokenizer + umT5, frozen or trained (training/text.py)
       dit         DiTConfig        the DiT (models/dit.py); required
       train       TrainConfig      optimizer, schedule, objective, precision, remat, attention (training/config.py)
@@ -153,6 +154,11 @@ class RunConfig:
     eval: EvalConfig = EvalConfig()
     progress: bool = True
     stop_after: int | None = None
+
+    @property
+    def vae_path(self) -> Path | None:
+        """The VAE folder ("default": the embedded model's), or None."""
+        return default_checkpoint() if self.vae == "default" else None if self.vae is None else Path(self.vae)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (what the checkpoints store beside the state); `parse_run_config` reads it back."""

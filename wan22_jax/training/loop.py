@@ -290,7 +290,7 @@ def train(config: RunConfig | dict[str, Any], *, kernels: Kernels = XLA) -> dict
     meta = {"config": cfg.to_dict()}
     renderer = None if not previews else PreviewRenderer(
         graphdef, params_fn, text_fn, previews, decode=decode_fn, steps=cfg.eval.sample_steps,
-        guidance=cfg.eval.guidance, shift=train_cfg.shift)
+        guidance=cfg.eval.guidance, shift=train_cfg.shift, mesh=mesh)
     metrics_log = MetricsLogger(out_dir, peak_flops=total_peak_flops("bf16" if dtype == jnp.bfloat16 else "fp32"),
                                 resume_step=start, enabled=jax.process_index() == 0)
 

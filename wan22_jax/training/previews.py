@@ -22,6 +22,7 @@ from wan22_jax.samplers.guidance import ClassifierFreeGuidance
 from wan22_jax.samplers.loop import sample
 from wan22_jax.samplers.registry import get_sampler
 from wan22_jax.samplers.schedule import make_schedule
+from wan22_jax.sharding.rules import mesh_context
 from wan22_jax.training.cache import CachedDataset
 from wan22_jax.video import Video, to_uint8
 
@@ -69,12 +70,13 @@ class PreviewRenderer:
       previews: the samples (`batch_previews` / `cache_previews`).
       decode: latents [1, z, F, h, w] -> video [1, 3, T, H, W] in [-1, 1].
       steps, guidance, shift: sampling steps, guide scale, schedule shift.
-      fps: frame rate of the written files.
+      fps: frame rate of the written files. solver: the sampler (`samplers.registry`).
+      mesh: the run's mesh (the params live on it; the DiT's sharding constraints read it while tracing), or None.
     """
 
     def __init__(self, graphdef, params_fn, text_fn, previews: list[Preview], *, decode: Callable, steps: int = 20,
-                 guidance: float = 4.0, shift: float = 1.0, fps: int = 16, solver: str = "unipc"):
-        self.previews, self.decode, self.fps = previews, decode, fps
+                 guidance: float = 4.0, shift: float = 1.0, fps: int = 16, solver: str = "unipc", mesh=None):
+        self.previews, self.decode, self.fps, self.mesh = previews, decode, fps, mesh
         schedule = make_schedule(steps, shift=shift)
         sampler = get_sampler(solver)
         cfg = ClassifierFreeGuidance(scale=guidance)
@@ -105,7 +107,8 @@ class PreviewRenderer:
         paths = []
         for i, p in enumerate(self.previews):
             x_T = jax.random.normal(jax.random.key(i), (1, *p.shape), jnp.float32)
-            latents = self._generate(params, frozen, {k: jnp.asarray(v) for k, v in p.text.items()}, x_T)
+            with mesh_context(self.mesh):
+                latents = self._generate(params, frozen, {k: jnp.asarray(v) for k, v in p.text.items()}, x_T)
             video = np.asarray(self.decode(latents), np.float32)[0]
             path = folder / f"step_{step:06d}_{i}.mp4"
             Video(to_uint8(video), fps=self.fps).save(path)

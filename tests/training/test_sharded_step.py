@@ -30,6 +30,8 @@ from wan22_jax.training.loop import train
 from wan22_jax.training.step import Placement, full_params, init_state, make_train_step
 
 from .conftest import TINY_RUN
+from .test_loader import write_cache
+from .test_train_cache import BUCKETS as CACHE_BUCKETS, CACHE_RUN
 
 ROOT = Path(__file__).parents[2]
 DEVICE_FLAG = "--xla_force_host_platform_device_count=8"
@@ -122,11 +124,22 @@ def run_loop():
         first = train(dict(sharded, stop_after=2))
         resumed = train(sharded)
         kernel = resumed["state"]["params"]["blocks"]["ffn"]["0"]["kernel"]
-        return {"params_rel": _rel(resumed["state"]["params"], single["state"]["params"]),
-                "ema_rel": _rel(resumed["state"]["ema"], single["state"]["ema"]),
-                "stopped_at": first["step"], "resumed_to": resumed["step"],
-                "weight_devices": len({s.device for s in kernel.addressable_shards
-                                       if s.index != (slice(None),) * 3})}
+        out = {"params_rel": _rel(resumed["state"]["params"], single["state"]["params"]),
+               "ema_rel": _rel(resumed["state"]["ema"], single["state"]["ema"]),
+               "stopped_at": first["step"], "resumed_to": resumed["step"],
+               "weight_devices": len({s.device for s in kernel.addressable_shards
+                                      if s.index != (slice(None),) * 3})}
+        # the same on a latent cache (bucketed batches from the Grain loader, held-out chunks of 2 and 1 samples)
+        cache = write_cache(Path(tmp) / "cache", buckets=CACHE_BUCKETS, down=8)
+        cfg = dict(CACHE_RUN, data={"kind": "cache", "dir": str(cache), "held_out": 4}, steps=4,
+                   train={**CACHE_RUN["train"], "total_steps": 4})
+        single = train(dict(cfg, out_dir=f"{tmp}/cache_one"))
+        sharded = dict(cfg, out_dir=f"{tmp}/cache_mesh", mesh={"spec": "data=2,fsdp=2,seq=2"})
+        train(dict(sharded, stop_after=2))
+        resumed = train(sharded)
+        out["cache_params_rel"] = _rel(resumed["state"]["params"], single["state"]["params"])
+        out["cache_eval"] = [(Path(f"{tmp}/{d}/eval.csv").read_text()) for d in ("cache_one", "cache_mesh")]
+        return out
 
 
 def main():
@@ -149,6 +162,10 @@ def test_sharded_step_equals_single_device():
     loop = results.pop("loop")
     assert loop["stopped_at"] == 2 and loop["resumed_to"] == 3 and loop["weight_devices"] > 1, loop
     assert loop["params_rel"] <= TOL and loop["ema_rel"] <= TOL, loop
+    assert loop["cache_params_rel"] <= TOL, loop
+    one, mesh = ([[float(v) for v in row.split(",")] for row in text.strip().splitlines()[1:]]
+                 for text in loop["cache_eval"])
+    np.testing.assert_allclose(mesh, one, rtol=TOL)  # the held-out losses per step, sharded and not
     assert set(results) == {c[0] for c in CASES}
     for name, r in results.items():
         assert r["moved"] > 1e-4, (name, r)  # the steps changed the params: the comparison means something

@@ -40,7 +40,8 @@ DTYPES = {"bf16": jnp.bfloat16, "fp32": jnp.float32}
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True,
-                   help="h100, h200, a100-80g, rtx4090 (xN: N GPUs, e.g. h100x8); v5e-N, v5p-N, v6e-N, tpu7x-N")
+                   help="h100, h200, a100-80g, l40s, rtx4090 (xN: N GPUs, e.g. h100x8); "
+                        "v5e-N, v5p-N, v6e-N, tpu7x-N")
     p.add_argument("--slices", type=int, default=1, help="TPU slices (default 1)")
     p.add_argument("--task", default="ti2v-5B", choices=sorted(TASKS))
     p.add_argument("--size", default=None, help="WIDTHxHEIGHT in pixels (default: the task's)")

@@ -134,6 +134,7 @@ def conditioned_stages(plan: ConditionedPlan, program: str) -> list[Stage]:
     """The stages of `program` ("dit-step" or "sample") for a conditioned task (traced under the plan's mesh)."""
     if program not in ("dit-step", "sample"):
         raise InputError(f"--program {program}: task {plan.task.name} compiles dit-step or sample")
+    _latent_grid(plan, _config(plan))  # checked before anything is traced
     with jax.set_mesh(plan.mesh):
         return [_stage(plan, program)]
 

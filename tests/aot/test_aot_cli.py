@@ -1,8 +1,10 @@
 """`wan22 aot` without the compilers: the command exists, targets parse, a missing extra is one clear line, and
 the HLO reader counts collectives per run (loop bodies times their trip counts). Runs in the default suite."""
 
+import jax
 import jax.numpy as jnp
 import pytest
+from flax import nnx
 
 from wan22_jax.aot import hlo
 from wan22_jax.aot.compile import oom_line
@@ -10,6 +12,10 @@ from wan22_jax.aot.conditioned import CONDITIONED_TASKS, ConditionedPlan, condit
 from wan22_jax.aot.targets import TARGET_DIR, backend_available, parse_target
 from wan22_jax.cli import main
 from wan22_jax.errors import ConfigError, InputError
+from wan22_jax.models.vae import abstract_vae
+from wan22_jax.models.vae import decode as vae_decode
+from wan22_jax.models.vae_config import preset as vae_preset
+from wan22_jax.models.vae_layers import CausalConv3d, Conv2d
 from wan22_jax.ops import Kernels
 
 
@@ -116,3 +122,20 @@ def test_tpu_out_of_memory_becomes_one_line():
     message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (80.30G) "
                "exceeds available HBM (15.75G).")
     assert oom_line(message, 16 * 2**30) == "needs 80.30G (HLO temporaries), 15.75G available"
+
+
+@pytest.mark.parametrize("name", ["tiny2.2", "tiny2.1"])
+def test_vae_decode_program_holds_each_convolution_once(name):
+    # a TPU compiler lowers every convolution instruction on its own (seconds each): the first chunk must run
+    # through the scanned body, not an unrolled copy, and identical residual blocks through one scanned body
+    cfg = vae_preset(name)
+    graphdef, state = abstract_vae(cfg)
+
+    def convs(frames):
+        latent = jax.ShapeDtypeStruct((1, cfg.z_dim, frames, 4, 6), jnp.float32)
+        text = jax.jit(lambda s, z: vae_decode(graphdef, s, z)).lower(state, latent).as_text()
+        return text.count("stablehlo.convolution")
+
+    decoder = nnx.merge(graphdef, state).decoder
+    modules = sum(isinstance(m, (CausalConv3d, Conv2d)) for _, m in nnx.iter_graph(decoder))
+    assert convs(1) == convs(5) < modules

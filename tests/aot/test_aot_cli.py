@@ -1,13 +1,22 @@
 """`wan22 aot` without the compilers: the command exists, targets parse, a missing extra is one clear line, and
 the HLO reader counts collectives per run (loop bodies times their trip counts). Runs in the default suite."""
 
+import jax
+import jax.numpy as jnp
 import pytest
+from flax import nnx
 
 from wan22_jax.aot import hlo
 from wan22_jax.aot.compile import oom_line
-from wan22_jax.aot.targets import backend_available, parse_target
+from wan22_jax.aot.conditioned import CONDITIONED_TASKS, ConditionedPlan, conditioned_stages
+from wan22_jax.aot.targets import TARGET_DIR, backend_available, parse_target
 from wan22_jax.cli import main
-from wan22_jax.errors import ConfigError
+from wan22_jax.errors import ConfigError, InputError
+from wan22_jax.models.vae import abstract_vae
+from wan22_jax.models.vae import decode as vae_decode
+from wan22_jax.models.vae_config import preset as vae_preset
+from wan22_jax.models.vae_layers import CausalConv3d, Conv2d
+from wan22_jax.ops import Kernels
 
 
 def test_help_lists_the_options(capsys):
@@ -22,7 +31,8 @@ def test_help_lists_the_options(capsys):
 @pytest.mark.parametrize("name, platform, count", [("h100x8", "cuda", 8), ("rtx4090", "cuda", 1),
                                                    ("a100-80g", "cuda", 1), ("h200x2", "cuda", 2),
                                                    ("v6e-8", "tpu", 8), ("v5e-4", "tpu", 4),
-                                                   ("v5p-8", "tpu", 4), ("tpu7x-8", "tpu", 8)])
+                                                   ("v5p-8", "tpu", 4), ("tpu7x-8", "tpu", 8),
+                                                   ("l40s", "cuda", 1), ("l40sx4", "cuda", 4)])
 def test_targets_parse(name, platform, count):
     target = parse_target(name)
     assert (target.platform, target.count) == (platform, count)
@@ -33,6 +43,27 @@ def test_targets_parse(name, platform, count):
 def test_bad_targets_are_named(name, match):
     with pytest.raises(ConfigError, match=match):
         parse_target(name)
+
+
+def test_the_48gb_target_holds_what_an_l40s_reports():
+    target = parse_target("l40s")
+    assert target.memory == 46068 * 2**20  # MiB nvidia-smi reports with ECC on
+    assert (TARGET_DIR / target.chip.spec).read_text().count("device_memory_size: 48305799168") == 1
+
+
+@pytest.mark.parametrize("task, frames, match", [("s2v-14B", "81", "S2V clips are a multiple of 4 frames"),
+                                                 ("animate-14B", "80", "Animate clips are 1 \\+ 4k frames")])
+def test_conditioned_tasks_check_the_clip_length(task, frames, match):
+    task_cfg = CONDITIONED_TASKS[task]
+    plan = ConditionedPlan(task_cfg, "tiny", 128, 128, int(frames), jnp.bfloat16, Kernels(), mesh=None)
+    with pytest.raises(InputError, match=match):
+        conditioned_stages(plan, "dit-step")
+
+
+def test_conditioned_tasks_compile_only_dit_programs():
+    plan = ConditionedPlan(CONDITIONED_TASKS["s2v-14B"], "tiny", 128, 128, 8, jnp.bfloat16, Kernels(), mesh=None)
+    with pytest.raises(InputError, match="task s2v-14B compiles dit-step or sample"):
+        conditioned_stages(plan, "vae-decode")
 
 
 @pytest.mark.skipif(backend_available("tpu"), reason="libtpu is installed here: the extra is not missing")
@@ -91,3 +122,20 @@ def test_tpu_out_of_memory_becomes_one_line():
     message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (80.30G) "
                "exceeds available HBM (15.75G).")
     assert oom_line(message, 16 * 2**30) == "needs 80.30G (HLO temporaries), 15.75G available"
+
+
+@pytest.mark.parametrize("name", ["tiny2.2", "tiny2.1"])
+def test_vae_decode_program_holds_each_convolution_once(name):
+    # a TPU compiler lowers every convolution instruction on its own (seconds each): the first chunk must run
+    # through the scanned body, not an unrolled copy, and identical residual blocks through one scanned body
+    cfg = vae_preset(name)
+    graphdef, state = abstract_vae(cfg)
+
+    def convs(frames):
+        latent = jax.ShapeDtypeStruct((1, cfg.z_dim, frames, 4, 6), jnp.float32)
+        text = jax.jit(lambda s, z: vae_decode(graphdef, s, z)).lower(state, latent).as_text()
+        return text.count("stablehlo.convolution")
+
+    decoder = nnx.merge(graphdef, state).decoder
+    modules = sum(isinstance(m, (CausalConv3d, Conv2d)) for _, m in nnx.iter_graph(decoder))
+    assert convs(1) == convs(5) < modules

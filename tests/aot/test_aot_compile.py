@@ -107,3 +107,30 @@ def test_train_step_of_an_image_latent_dit_is_refused_in_one_line(tmp_path, caps
                  "--task", "i2v-A14B", "--program", "train-step"])
     assert code == 2
     assert "training compiles for DiTs without image-latent channels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task, frames", [("s2v-14B", "8"), ("animate-14B", "9")])
+def test_conditioned_dit_step_compiles_sharded_with_cudnn(tmp_path, task, frames):
+    _need("cuda")
+    out = tmp_path / "report.json"
+    code = main(["aot", "--models", "tiny", "--size", "128x128", "--frames", frames, "--target", "h100x2",
+                 "--task", task, "--program", "dit-step", "--mesh", "fsdp=1,seq=2", "--attention", "cudnn",
+                 "--json", str(out)])
+    doc = json.loads(out.read_text())
+    assert code == 0 and doc["fits"]
+    (stage,) = doc["stages"]
+    assert stage["attention"] == "cudnn" and stage["flops"] > 0
+    assert stage["collectives"]["all-to-all"]["count"] > 0  # Ulysses over the video + extra tokens
+
+
+def test_a_48gb_card_fits_a_program_a_24gb_card_does_not(tmp_path):
+    _need("cuda")
+    # a tiny VAE decoding 3584 x 3584 x 81: its fp32 video and temporaries (about 33 GiB) need more than a 24 GB
+    # card, less than a 48 GB one
+    runs = {}
+    for target in ("rtx4090", "l40s"):
+        code, doc = _run(tmp_path, "--target", target, "--task", "t2v-A14B", "--program", "vae-decode",
+                         "--size", "3584x3584", "--frames", "81")
+        runs[target] = (code, doc["stages"][0]["peak"])
+    assert runs["rtx4090"][0] == 1 and runs["l40s"][0] == 0
+    assert abs(runs["rtx4090"][1] - runs["l40s"][1]) < 2**20  # the same plan (up to the targets' alignment)

@@ -22,6 +22,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from wan22_jax.aot.compile import compile_stage, format_report
+from wan22_jax.aot.conditioned import CONDITIONED_TASKS, ConditionedPlan, conditioned_stages
 from wan22_jax.aot.programs import PROGRAMS, Plan, models_for, stages
 from wan22_jax.aot.targets import AotError, make_devices, parse_target
 from wan22_jax.configs import TASKS, get_task
@@ -40,9 +41,11 @@ DTYPES = {"bf16": jnp.bfloat16, "fp32": jnp.float32}
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True,
-                   help="h100, h200, a100-80g, rtx4090 (xN: N GPUs, e.g. h100x8); v5e-N, v5p-N, v6e-N, tpu7x-N")
+                   help="h100, h200, a100-80g, l40s, rtx4090 (xN: N GPUs, e.g. h100x8); "
+                        "v5e-N, v5p-N, v6e-N, tpu7x-N")
     p.add_argument("--slices", type=int, default=1, help="TPU slices (default 1)")
-    p.add_argument("--task", default="ti2v-5B", choices=sorted(TASKS))
+    p.add_argument("--task", default="ti2v-5B", choices=sorted(TASKS) + sorted(CONDITIONED_TASKS),
+                   help="s2v-14B and animate-14B compile dit-step or sample (aot/conditioned.py)")
     p.add_argument("--size", default=None, help="WIDTHxHEIGHT in pixels (default: the task's)")
     p.add_argument("--frames", type=int, default=None, help="video frames, 1 + 4k (default: the task's)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the task's)")
@@ -83,12 +86,28 @@ def _size(text: str | None, task) -> tuple[int, int]:
     return w, h
 
 
-def make_plan(args: argparse.Namespace, devices: list) -> Plan:
+def _mesh(args: argparse.Namespace, devices: list) -> Mesh:
+    sizes = parse_mesh_spec(args.mesh or f"fsdp={len(devices)}", len(devices))
+    return Mesh(np.array(devices).reshape(tuple(sizes.values())), tuple(sizes))
+
+
+def make_conditioned_plan(args: argparse.Namespace, devices: list) -> ConditionedPlan:
+    """The plan of an S2V / Animate command (dit-step or sample)."""
+    task = CONDITIONED_TASKS[args.task]
+    width, height = _size(args.size, task)
+    return ConditionedPlan(task, args.models, width, height, args.frames or task.frames, DTYPES[args.dtype],
+                           Kernels(attention=args.attention), _mesh(args, devices), steps=args.steps,
+                           weights=args.weights)
+
+
+def make_plan(args: argparse.Namespace, devices: list) -> Plan | ConditionedPlan:
     """The Plan of the command's arguments over `devices` (checked before anything is traced)."""
+    if args.task in CONDITIONED_TASKS:
+        return make_conditioned_plan(args, devices)
     task = get_task(args.task)
     width, height = _size(args.size, task)
-    sizes = parse_mesh_spec(args.mesh or f"fsdp={len(devices)}", len(devices))
-    mesh = Mesh(np.array(devices).reshape(tuple(sizes.values())), tuple(sizes))
+    mesh = _mesh(args, devices)
+    sizes = dict(mesh.shape)
     tiling = None if args.vae_tile is None else Tiling(tile=args.vae_tile, overlap=args.vae_overlap)
     if args.offload_experts and not task.two_experts:
         raise InputError(f"--offload-experts: task {task.name} has one DiT")
@@ -121,11 +140,13 @@ def main(args: argparse.Namespace) -> int:
           f"{args.program}", flush=True)
     reports = []
     try:
-        for stage in stages(plan, args.program):
+        program = (conditioned_stages(plan, args.program) if isinstance(plan, ConditionedPlan)
+                   else stages(plan, args.program))
+        for stage in program:
             report, _ = compile_stage(stage, target, plan.mesh)
             reports.append(report)
             print("\n".join(format_report(report)), flush=True)
-    except ConfigError as e:
+    except (ConfigError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     fits = all(r.fits for r in reports)

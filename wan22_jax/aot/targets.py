@@ -1,8 +1,8 @@
 """Compile targets of `wan22 aot`: NVIDIA GPUs and TPU slices, as device lists made without the hardware.
 
-A target name is `h100`, `h200`, `a100-80g` or `rtx4090`, optionally `xN` for N GPUs of one host (`h100x8`), or
-a Cloud TPU accelerator type `v5e-N`, `v5p-N`, `v6e-N`, `tpu7x-N` (N as Cloud TPU counts it: chips for v5e/v6e,
-TensorCores for v5p and tpu7x). Several TPU slices: `slices=`.
+A target name is `h100`, `h200`, `a100-80g`, `l40s` (48 GB) or `rtx4090`, optionally `xN` for N GPUs of one host
+(`h100x8`), or a Cloud TPU accelerator type `v5e-N`, `v5p-N`, `v6e-N`, `tpu7x-N` (N as Cloud TPU counts it: chips
+for v5e/v6e, TensorCores for v5p and tpu7x). Several TPU slices: `slices=`.
 
 GPU targets are `stream_executor.GpuTargetConfigProto` text files shipped next to this module (`targets/*.txtpb`);
 TPU targets are topologies known to libtpu. Both need the `aot` extra (jax[tpu], jax-cuda12-plugin), which must
@@ -10,8 +10,9 @@ live in an environment of its own (docs/aot.md); without it `make_devices` raise
 naming the extra.
 
 The per-chip peak numbers (dense bf16 FLOP/s, memory bandwidth, interconnect bandwidth per direction) are the
-vendors' published figures: NVIDIA's H100/H200/A100 datasheets and the Ada whitepaper (RTX 4090: bf16 with fp32
-accumulation, PCIe 4.0 x16 between cards), Google's Cloud TPU system architecture pages (v5e, v5p, v6e, Ironwood).
+vendors' published figures: NVIDIA's H100/H200/A100/L40S datasheets and the Ada whitepaper (RTX 4090, L40S: bf16
+with fp32 accumulation, PCIe 4.0 x16 between cards), Google's Cloud TPU system architecture pages (v5e, v5p, v6e,
+Ironwood).
 They only feed the roofline lower bound, never a pass/fail decision.
 """
 
@@ -62,6 +63,8 @@ CHIPS: dict[str, Chip] = {
     "h200": Chip("h200", "cuda", 150754820096, 989e12, 4.8e12, 450e9, "h200.txtpb"),
     "a100-80g": Chip("a100-80g", "cuda", 85196873728, 312e12, 2.039e12, 300e9, "a100-80g.txtpb"),  # NVLink3
     "rtx4090": Chip("rtx4090", "cuda", 25393692672, 165.2e12, 1.008e12, 32e9, "rtx4090.txtpb"),  # PCIe 4 x16
+    # 48 GB class (L40S; an RTX 6000 Ada has the same memory): bf16 dense with fp32 accumulation, PCIe 4 x16
+    "l40s": Chip("l40s", "cuda", 48305799168, 362e12, 864e9, 32e9, "l40s.txtpb"),
     # TPUs: HBM per chip as libtpu plans it (v5e 15.75 GiB of 16 GB, v6e 31.25 GiB of 32 GB); ICI per chip and
     # direction
     "v5e": Chip("v5e", "tpu", int(15.75 * GiB), 197e12, 819e9, 100e9, "v5e"),

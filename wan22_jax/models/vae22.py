@@ -98,10 +98,11 @@ class UpResidualBlock(nnx.Module):
         self.out_dim = out_dim
         self.ft = 2 if temporal else 1
 
-    def __call__(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
-        y, new_cache = run_sequence(self.upsamples, x, cache)
+    def __call__(self, x: jax.Array, cache: Cache, first: jax.Array | None = None) -> tuple[jax.Array, Cache]:
+        y, new_cache = run_sequence(self.upsamples, x, cache, first)
         if self.up:
-            y = y + dup_up(x, self.out_dim, self.ft, 2, first_chunk(cache))
+            # unified chunks keep every frame: the first chunk's real frame is the last one either way
+            y = y + dup_up(x, self.out_dim, self.ft, 2, first is None and first_chunk(cache))
         return y, new_cache
 
 

@@ -18,6 +18,15 @@ caches:
   chunk from 2 zero frames (the official runs `time_conv` with plain zero padding then).
 * `downsample3d` passes the first chunk through and remembers its last (spatially downsampled) frame; later
   chunks run the stride-2 `time_conv` over `cat(last_frame, x)` without padding.
+
+One body for every decoder chunk (`first`, a traced bool). A TPU compiler builds every convolution instruction
+on its own (5-40 s of CPU each for the decoder's shapes): a separate first chunk doubles the decoder's compile.
+So the decoder runs chunk 0 through the same body as the others, with zero caches and `first=True`: the first
+chunk's 1 frame then travels as the LAST frame of each layer's T frames, the other T-1 are dummies that every
+causal conv zeroes at its input (so the real frame sees exactly the official `cat(zeros, x)`), upsample3d
+repeats frames instead of running `time_conv` and hands on zero caches (the official 'Rep' rule), and the
+caller keeps only the last output frame. `first=None` is the static form above (the encoder, and the tests'
+reference path).
 """
 
 from __future__ import annotations
@@ -49,6 +58,14 @@ def first_chunk(cache: Cache) -> bool:
 
 def sub_cache(cache: Cache, key) -> Cache:
     return None if cache is None else cache[key]
+
+
+def zero_dummies(x: jax.Array, first: jax.Array | None) -> jax.Array:
+    """x [B, T, ...] with frames 0..T-2 zeroed when `first` (the dummies of a unified first chunk)."""
+    if first is None or x.shape[1] == 1:
+        return x
+    dummy = jnp.logical_and(first, jnp.arange(x.shape[1]) < x.shape[1] - 1)
+    return jnp.where(dummy.reshape(1, -1, *(1,) * (x.ndim - 2)), jnp.zeros((), x.dtype), x)
 
 
 # ----------------------------------------------------------------------------------------------- layers
@@ -96,9 +113,11 @@ class CausalConv3d(nnx.Module):
         y = conv3d(x, self.kernel[...], stride_t=self.stride_t, dtype=self.dtype, impl=self.kernels.conv)
         return y + self.bias[...].astype(self.dtype)
 
-    def __call__(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
-        """x [B, T, H, W, I], cache [B, kt-1, H, W, I] or None -> ([B, T, H, W, O], new cache)."""
+    def __call__(self, x: jax.Array, cache: Cache, first: jax.Array | None = None) -> tuple[jax.Array, Cache]:
+        """x [B, T, H, W, I], cache [B, kt-1, H, W, I] or None -> ([B, T, H, W, O], new cache).
+        `first` (unified decoder chunks): zero the first chunk's dummy frames before convolving."""
         ctx = self.context
+        x = zero_dummies(x, first)
         if cache is None:
             cache = jnp.zeros((x.shape[0], ctx, *x.shape[2:]), x.dtype)
         full = jnp.concatenate([cache.astype(x.dtype), x], axis=1)
@@ -165,11 +184,18 @@ class Resample(nnx.Module):
         x = self.resample[1](x)
         return x.reshape(b, t, *x.shape[1:])
 
-    def __call__(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
-        """x [B, T, H, W, C] -> ([B, T', H', W', C'], cache); T' = 2T (upsample3d after the first chunk),
-        T/2 rounded up (downsample3d), T otherwise."""
+    def __call__(self, x: jax.Array, cache: Cache, first: jax.Array | None = None) -> tuple[jax.Array, Cache]:
+        """x [B, T, H, W, C] -> ([B, T', H', W', C'], cache); T' = 2T (upsample3d after the first chunk, and on
+        every unified chunk), T/2 rounded up (downsample3d), T otherwise."""
         new_cache = None
-        if self.mode == "upsample3d":
+        if self.mode == "upsample3d" and first is not None:
+            y, c = self.time_conv(x, cache, first)
+            b, t, h, w, _ = y.shape
+            y = y.reshape(b, t, h, w, 2, -1).transpose(0, 1, 4, 2, 3, 5).reshape(b, 2 * t, h, w, -1)
+            # first chunk: no temporal doubling (the real frame stays last) and zero caches for the next one
+            x = jnp.where(first, jnp.repeat(x, 2, axis=1), y)
+            new_cache = jnp.where(first, jnp.zeros((), c.dtype), c)
+        elif self.mode == "upsample3d":
             if first_chunk(cache):
                 # official 'Rep': no temporal doubling now; the next chunk starts from zero padding
                 new_cache = jnp.zeros((x.shape[0], CACHE_T, *x.shape[2:]), x.dtype)
@@ -201,10 +227,10 @@ class ResidualBlock(nnx.Module):
         self.shortcut = (Linear(in_dim, out_dim, axes=(CONV_IN, CONV_OUT), **kw)
                          if in_dim != out_dim else None)
 
-    def __call__(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
+    def __call__(self, x: jax.Array, cache: Cache, first: jax.Array | None = None) -> tuple[jax.Array, Cache]:
         h = x if self.shortcut is None else self.shortcut(x)
-        y, c0 = self.residual[2](jax.nn.silu(self.residual[0](x)), sub_cache(cache, 0))
-        y, c1 = self.residual[6](jax.nn.silu(self.residual[3](y)), sub_cache(cache, 1))
+        y, c0 = self.residual[2](jax.nn.silu(self.residual[0](x)), sub_cache(cache, 0), first)
+        y, c1 = self.residual[6](jax.nn.silu(self.residual[3](y)), sub_cache(cache, 1), first)
         return y + h, (c0, c1)
 
 
@@ -220,7 +246,8 @@ class AttentionBlock(nnx.Module):
         self.proj = Linear(dim, dim, axes=(CONV_IN, CONV_OUT), **kw)
         self.kernels = kernels
 
-    def __call__(self, x: jax.Array, cache: Cache = None) -> tuple[jax.Array, Cache]:
+    def __call__(self, x: jax.Array, cache: Cache = None, first: jax.Array | None = None
+                 ) -> tuple[jax.Array, Cache]:
         b, t, h, w, c = x.shape
         qkv = self.to_qkv(self.norm(x)).reshape(b * t, h * w, 1, 3 * c)
         q, k, v = jnp.split(qkv, 3, axis=-1)  # official: chunk(3) of the channel axis
@@ -228,11 +255,52 @@ class AttentionBlock(nnx.Module):
         return self.proj(y) + x, None
 
 
-def run_sequence(layers: Sequence[nnx.Module], x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
-    """Applies `y, c = layer(y, c)` in order; the cache is the tuple of the layers' caches."""
+def _same_blocks(a: nnx.Module, b: nnx.Module) -> bool:
+    """Two ResidualBlocks of one structure and parameter shapes (one compiled body can run both)."""
+    if not (isinstance(a, ResidualBlock) and isinstance(b, ResidualBlock)):
+        return False
+    (ga, sa), (gb, sb) = nnx.split(a), nnx.split(b)
+    shapes = lambda s: jax.tree.map(lambda v: (v.shape, v.dtype), s)  # noqa: E731
+    return ga == gb and shapes(sa) == shapes(sb)
+
+
+def layer_groups(layers: Sequence[nnx.Module]) -> list[list[nnx.Module]]:
+    """`layers` cut into runs of consecutive identical ResidualBlocks (each other layer alone)."""
+    groups: list[list[nnx.Module]] = []
+    for layer in layers:
+        if groups and _same_blocks(groups[-1][-1], layer):
+            groups[-1].append(layer)
+        else:
+            groups.append([layer])
+    return groups
+
+
+def scan_blocks(blocks: Sequence[nnx.Module], x: jax.Array, cache: Cache, first: jax.Array | None
+                ) -> tuple[jax.Array, Cache]:
+    """Identical ResidualBlocks in order as one `lax.scan` over their stacked parameters: a TPU compiler builds
+    each convolution instruction on its own (seconds each), a scan's body once. The cache is stacked too."""
+    graphdef = nnx.split(blocks[0])[0]
+    params = jax.tree.map(lambda *a: jnp.stack(a), *[nnx.split(b)[1] for b in blocks])
+
+    def body(x, item):
+        state, c = item
+        return nnx.merge(graphdef, state)(x, c, first)
+
+    return jax.lax.scan(body, x, (params, cache))
+
+
+def run_sequence(layers: Sequence[nnx.Module], x: jax.Array, cache: Cache, first: jax.Array | None = None
+                 ) -> tuple[jax.Array, Cache]:
+    """Applies `y, c = layer(y, c)` in order, runs of identical ResidualBlocks scanned (`scan_blocks`); the
+    cache is the tuple of the groups' caches (a run's cache stacked over its blocks)."""
     new = []
-    for i, layer in enumerate(layers):
-        x, c = layer(x, sub_cache(cache, i))
+    for i, group in enumerate(layer_groups(layers)):
+        if len(group) > 1:
+            x, c = scan_blocks(group, x, sub_cache(cache, i), first)
+        elif first is None:
+            x, c = group[0](x, sub_cache(cache, i))
+        else:
+            x, c = group[0](x, sub_cache(cache, i), first)
         new.append(c)
     return x, tuple(new)
 
@@ -247,5 +315,6 @@ def head_layers(in_dim: int, out_dim: int, *, kernels: Kernels = XLA, **kw) -> n
     return nnx.List([RMSNorm(in_dim, **kw), None, CausalConv3d(in_dim, out_dim, kernels=kernels, **kw)])
 
 
-def apply_head(head: nnx.List, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
-    return head[2](jax.nn.silu(head[0](x)), cache)
+def apply_head(head: nnx.List, x: jax.Array, cache: Cache, first: jax.Array | None = None
+               ) -> tuple[jax.Array, Cache]:
+    return head[2](jax.nn.silu(head[0](x)), cache, first)

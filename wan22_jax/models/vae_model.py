@@ -24,12 +24,12 @@ class _Coder(nnx.Module):
 
     BODY: tuple[str, ...]
 
-    def __call__(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
-        x, c_in = self.conv1(x, sub_cache(cache, "conv1"))
+    def __call__(self, x: jax.Array, cache: Cache, first: jax.Array | None = None) -> tuple[jax.Array, Cache]:
+        x, c_in = self.conv1(x, sub_cache(cache, "conv1"), first)
         new = {"conv1": c_in}
         for name in self.BODY:
-            x, new[name] = run_sequence(getattr(self, name), x, sub_cache(cache, name))
-        x, new["head"] = apply_head(self.head, x, sub_cache(cache, "head"))
+            x, new[name] = run_sequence(getattr(self, name), x, sub_cache(cache, name), first)
+        x, new["head"] = apply_head(self.head, x, sub_cache(cache, "head"), first)
         return x, new
 
 
@@ -42,7 +42,7 @@ class Encoder(_Coder):
 
 class Decoder(_Coder):
     """`conv1 -> middle -> upsamples -> head`: one latent frame [B, 1, h, w, z] -> [B, 1 (first chunk) or 4,
-    8h, 8w, C]."""
+    8h, 8w, C]; with a traced `first` every chunk gives 4 frames (the first chunk's real one is the last)."""
 
     BODY = ("middle", "upsamples")
 
@@ -114,13 +114,18 @@ class CausalVAE(nnx.Module):
           [B, 1 + 4 (T' - 1), h * s, w * s, 3], not clamped.
         """
         x = self.conv2(z)
-        out, cache = self.decoder(x[:, :1], None)
-        if x.shape[1] > 1:
-            def step(cache, frame):
-                y, cache = self.decoder(frame[:, None], cache)
-                return cache, y
+        # every chunk, the first included, runs the same scanned body (vae_layers.py: "One body for every
+        # decoder chunk"); the caches start at zero, which is what the official's empty caches mean
+        shapes = jax.eval_shape(lambda f: self.decoder(f, None)[1], x[:, :1])
+        cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-            _, ys = lax.scan(step, cache, x[:, 1:].swapaxes(0, 1))  # [T'-1, B, 4, H, W, c]
-            ys = ys.swapaxes(0, 1).reshape(out.shape[0], -1, *ys.shape[3:])
-            out = jnp.concatenate([out, ys], axis=1)
+        def step(cache, item):
+            frame, first = item
+            y, cache = self.decoder(frame[:, None], cache, first)
+            return cache, y
+
+        firsts = jnp.arange(x.shape[1]) == 0
+        _, ys = lax.scan(step, cache, (x.swapaxes(0, 1), firsts))  # [T', B, 4, H, W, c]
+        out = jnp.concatenate([ys[0, :, -1:], ys[1:].swapaxes(0, 1).reshape(ys.shape[1], -1, *ys.shape[3:])],
+                              axis=1)
         return self.unpatchify(out)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from wan22_jax.aot.programs import Stage, _act, _sds, sharded_abstract
+from wan22_jax.aot.programs import Stage, abstract_activation, abstract_array, sharded_abstract
 from wan22_jax.errors import InputError
 from wan22_jax.flops import jaxpr_flops
 from wan22_jax.models.animate.model_animate import ANIMATE_PRESETS, CLIP_TOKENS, AnimateConfig, WanAnimateModel
@@ -109,14 +109,14 @@ def _inputs(plan: ConditionedPlan, cfg, b: int, f: int, h: int, w: int):
     z = cfg.out_dim
     if isinstance(cfg, S2VConfig):
         motion = (S2V_MOTION_FRAMES + 3) // 4
-        return {"ref_latents": _sds((b, z, 1, h, w), jnp.float32, mesh),
-                "motion_latents": _sds((b, z, motion, h, w), jnp.float32, mesh),
-                "cond_states": _sds((b, cfg.cond_dim, f, h, w), jnp.float32, mesh),
-                "audio_input": _sds((b, AUDIO_LAYERS, cfg.audio_dim, 4 * f), jnp.float32, mesh)}
+        return {"ref_latents": abstract_array((b, z, 1, h, w), jnp.float32, mesh),
+                "motion_latents": abstract_array((b, z, motion, h, w), jnp.float32, mesh),
+                "cond_states": abstract_array((b, cfg.cond_dim, f, h, w), jnp.float32, mesh),
+                "audio_input": abstract_array((b, AUDIO_LAYERS, cfg.audio_dim, 4 * f), jnp.float32, mesh)}
     s = cfg.motion_encoder_size
-    return {"y": _sds((b, cfg.in_dim - z, f, h, w), jnp.float32, mesh),
-            "pose_latents": _sds((b, z, f - 1, h, w), jnp.float32, mesh),
-            "face_pixel_values": _sds((b, 3, 4 * (f - 2) + 1, s, s), jnp.float32, mesh)}
+    return {"y": abstract_array((b, cfg.in_dim - z, f, h, w), jnp.float32, mesh),
+            "pose_latents": abstract_array((b, z, f - 1, h, w), jnp.float32, mesh),
+            "face_pixel_values": abstract_array((b, 3, 4 * (f - 2) + 1, s, s), jnp.float32, mesh)}
 
 
 def _context_kv(plan: ConditionedPlan, cfg, graphdef, state, b: int):
@@ -127,7 +127,7 @@ def _context_kv(plan: ConditionedPlan, cfg, graphdef, state, b: int):
         kv = jax.eval_shape(lambda s, c, i: nnx.merge(graphdef, s).encode_context(c, i), state, ctx, clip)
     else:
         kv = jax.eval_shape(lambda s, c: nnx.merge(graphdef, s).encode_context(c), state, ctx)
-    return tuple(_act(a.shape, a.dtype, (None, "batch", None, "heads", None), plan.mesh) for a in kv)
+    return tuple(abstract_activation(a.shape, a.dtype, (None, "batch", None, "heads", None), plan.mesh) for a in kv)
 
 
 def conditioned_stages(plan: ConditionedPlan, program: str) -> list[Stage]:
@@ -147,7 +147,7 @@ def _stage(plan: ConditionedPlan, program: str) -> Stage:
     graphdef, state, size = sharded_abstract(graphdef, abstract, "dit", plan.mesh)
     kv = _context_kv(plan, cfg, graphdef, state, b)
     cond = _inputs(plan, cfg, b, f, h, w)
-    x = _sds((b, cfg.out_dim, f, h, w), jnp.float32, plan.mesh)
+    x = abstract_array((b, cfg.out_dim, f, h, w), jnp.float32, plan.mesh)
     steps = plan.steps or plan.task.steps
 
     def forward(gd, state, x, t, kv, cond):
@@ -155,7 +155,7 @@ def _stage(plan: ConditionedPlan, program: str) -> Stage:
 
     # FLOPs from the jaxpr of the same program with XLA attention (custom kernels count zero there)
     xla_graphdef = _model(plan, cfg, dataclasses.replace(plan.kernels, attention="xla"))[0]
-    t = _sds((b,), jnp.float32, plan.mesh)
+    t = abstract_array((b,), jnp.float32, plan.mesh)
     guided = "CFG batch 2" if b == 2 else "no guidance (guide_scale 1)"
     if program == "dit-step":
         def fn(state, x, t, kv, cond):
@@ -165,8 +165,8 @@ def _stage(plan: ConditionedPlan, program: str) -> Stage:
         return Stage("dit-step", fn, (state, x, t, kv, cond), flops, runs=steps, weight_bytes=size,
                      note=f"latent {f}x{h}x{w}, {guided}")
 
-    sigmas = _sds((steps + 1,), jnp.float32, plan.mesh)
-    x1 = _sds((1, cfg.out_dim, f, h, w), jnp.float32, plan.mesh)
+    sigmas = abstract_array((steps + 1,), jnp.float32, plan.mesh)
+    x1 = abstract_array((1, cfg.out_dim, f, h, w), jnp.float32, plan.mesh)
 
     def loop(gd, state, x, sigmas, kv, cond):
         def step(x, sig):

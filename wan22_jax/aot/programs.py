@@ -96,21 +96,22 @@ class Stage:
     out_shardings: Any = None
 
 
-def _sds(shape, dtype, mesh: Mesh, spec=None) -> jax.ShapeDtypeStruct:
+def abstract_array(shape, dtype, mesh: Mesh, spec=None) -> jax.ShapeDtypeStruct:
+    """An abstract array placed by an explicit PartitionSpec (replicated when None)."""
     return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=NamedSharding(mesh, spec or PartitionSpec()))
 
 
-def _act(shape, dtype, names, mesh: Mesh) -> jax.ShapeDtypeStruct:
+def abstract_activation(shape, dtype, names, mesh: Mesh) -> jax.ShapeDtypeStruct:
     """An abstract activation split by logical activation names (ACTIVATION_RULES)."""
     spec, _ = resolve_spec(names, shape, ACTIVATION_RULES, dict(mesh.shape))
-    return _sds(shape, dtype, mesh, spec)
+    return abstract_array(shape, dtype, mesh, spec)
 
 
 def sharded_abstract(graphdef, abstract, component: str, mesh: Mesh):
     """(graphdef, abstract state whose leaves carry their NamedSharding by the `component` rules, global bytes)."""
     specs, _ = param_specs(abstract, component, mesh)
     leaves = flat_state(abstract)
-    placed = {p: _sds(leaf.shape, leaf.dtype, mesh, specs[p]) for p, leaf in leaves.items()}
+    placed = {p: abstract_array(leaf.shape, leaf.dtype, mesh, specs[p]) for p, leaf in leaves.items()}
     size = sum(math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize for leaf in leaves.values())
     return graphdef, fill_state(abstract, placed), size
 
@@ -160,7 +161,7 @@ def text_encode(plan: Plan, batch: int = 1) -> Stage:
             plan.weights)))
     graphdef, state, size = sharded_abstract(*abstract, "t5", mesh)
     length = plan.models.dit.text_len
-    ids = _act((batch, length), jnp.int32, ("batch", None), mesh)
+    ids = abstract_activation((batch, length), jnp.int32, ("batch", None), mesh)
 
     def fn(state, ids, mask):
         return encode_zero_padded(graphdef, state, ids, mask)
@@ -179,8 +180,8 @@ def vae_encode(plan: Plan) -> Stage:
     """The image conditioning's encoder run: i2v-A14B the image and F - 1 black frames, ti2v the image alone."""
     config, graphdef, state, size = _vae(plan)
     frames = plan.frames if plan.task.mode == "i2v" else 1
-    video = _act((1, 3, frames, plan.height, plan.width), jnp.float32, ("batch", None, None, "height", None),
-                 plan.mesh)
+    video = abstract_activation((1, 3, frames, plan.height, plan.width), jnp.float32,
+                                ("batch", None, None, "height", None), plan.mesh)
 
     def fn(state, video):
         return vae_api.encode(graphdef, state, video, tiling=plan.vae_tiling)
@@ -191,7 +192,7 @@ def vae_encode(plan: Plan) -> Stage:
 def vae_decode(plan: Plan, latent_shape) -> Stage:
     """Latents [1, z, F', h, w] -> video, one latent frame at a time (tiled with `plan.vae_tiling`)."""
     config, graphdef, state, size = _vae(plan)
-    latent = _act((1, *latent_shape), jnp.float32, ("batch", None, None, "height", None), plan.mesh)
+    latent = abstract_activation((1, *latent_shape), jnp.float32, ("batch", None, None, "height", None), plan.mesh)
 
     def fn(state, latent):
         return vae_api.decode(graphdef, state, latent, tiling=plan.vae_tiling)
@@ -216,17 +217,17 @@ def _inputs(plan: Plan, request) -> DenoiseInputs:
     mesh, b = plan.mesh, request.batch
     cfg = plan.models.dit
     shape = request.latent_shape
-    ctx = _sds((b, cfg.text_len, cfg.text_dim), jnp.float32, mesh)
+    ctx = abstract_array((b, cfg.text_len, cfg.text_dim), jnp.float32, mesh)
     y = first = None
     if plan.task.mode == "i2v":
-        y = _sds((b, 4 + shape[0], *shape[1:]), jnp.float32, mesh)
+        y = abstract_array((b, 4 + shape[0], *shape[1:]), jnp.float32, mesh)
     elif request.image is not None:
-        first = _sds((b, shape[0], 1, *shape[2:]), jnp.float32, mesh)
-    return DenoiseInputs(_sds((b, *shape), jnp.float32, mesh), ctx, ctx, y, first)
+        first = abstract_array((b, shape[0], 1, *shape[2:]), jnp.float32, mesh)
+    return DenoiseInputs(abstract_array((b, *shape), jnp.float32, mesh), ctx, ctx, y, first)
 
 
 def _abstract_rows(rows: dict, mesh: Mesh) -> dict:
-    return {k: _sds(v.shape, v.dtype, mesh) for k, v in rows.items()}
+    return {k: abstract_array(v.shape, v.dtype, mesh) for k, v in rows.items()}
 
 
 def sample(plan: Plan, request) -> list[Stage]:
@@ -263,7 +264,7 @@ def sample(plan: Plan, request) -> list[Stage]:
     k = int(np.sum(t >= dplan.boundary * dplan.num_train_timesteps))
     single = dataclasses.replace(dplan, two_experts=False)
     carry_shape = jax.eval_shape(lambda s, i: start_loop(graphdef, single, (s,), i)[1], state, inputs)
-    carry = jax.tree.map(lambda a: _sds(a.shape, a.dtype, plan.mesh), carry_shape)
+    carry = jax.tree.map(lambda a: abstract_array(a.shape, a.dtype, plan.mesh), carry_shape)
     stages = []
     for name, lo, hi in (("sample-high", 0, k), ("sample-low", k, nfe)):
         part = {key: jax.ShapeDtypeStruct((hi - lo, *v.shape[1:]), v.dtype) for key, v in rows.items()}
@@ -288,12 +289,12 @@ def dit_step(plan: Plan, request) -> Stage:
     cfg = plan.models.dit
     shape = request.latent_shape
     z = cfg.in_dim - (4 + shape[0] if plan.task.mode == "i2v" else 0)
-    x = _sds((b, z, *shape[1:]), jnp.float32, mesh)
-    y = _sds((b, cfg.in_dim - z, *shape[1:]), jnp.float32, mesh) if cfg.in_dim != z else None
-    t = _sds((b,), jnp.float32, mesh)
+    x = abstract_array((b, z, *shape[1:]), jnp.float32, mesh)
+    y = abstract_array((b, cfg.in_dim - z, *shape[1:]), jnp.float32, mesh) if cfg.in_dim != z else None
+    t = abstract_array((b,), jnp.float32, mesh)
     ctx = jax.ShapeDtypeStruct((b, cfg.text_len, cfg.text_dim), jnp.float32)
     kv = jax.eval_shape(lambda s, c: nnx.merge(graphdef, s).encode_context(c), state, ctx)
-    kv = jax.tree.map(lambda a: _act(a.shape, a.dtype, (None, "batch", None, "heads", None), mesh), kv)
+    kv = jax.tree.map(lambda a: abstract_activation(a.shape, a.dtype, (None, "batch", None, "heads", None), mesh), kv)
 
     def fn(state, x, t, kv, y):
         return nnx.merge(graphdef, state)(x, t, context_kv=kv, y=y)

@@ -117,7 +117,9 @@ def stage_dit(run: Path) -> Path:
     return run / "dit" / "dit"
 
 
-def stage_assemble(run: Path, out: Path) -> Path:
+def stage_assemble(run: Path, out: Path, trained: Path | None = None) -> Path:
+    """The release folder `out` from the run's VAE and tokenizer and the DiT + encoder in `trained` (the
+    training run's out_dir, or a checkpoint exported by `train_cached.py --export`)."""
     import jax.numpy as jnp
     from flax import nnx
 
@@ -127,15 +129,16 @@ def stage_assemble(run: Path, out: Path) -> Path:
     from wan22_jax.training.export import export_dit, export_tokenizer
     from wan22_jax.training.mini_world_model import MINI_WORLD_TASK
 
+    trained = run / "dit" if trained is None else trained
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    dit = load_dit(run / "dit" / "dit", dtype=jnp.float32, param_dtype=jnp.float32)
+    dit = load_dit(trained / "dit", dtype=jnp.float32, param_dtype=jnp.float32)
     export_dit(tmp, flat_state(nnx.state(dit)), dit.cfg)
     for f in (run / "vae_export").iterdir():  # Wan2.x_VAE.pth + vae_config.json
         shutil.copy(f, tmp / f.name)
-    for f in (run / "dit" / "t5").iterdir():  # the encoder trained with the DiT (release layout)
+    for f in (trained / "t5").iterdir():  # the encoder trained with the DiT (release layout)
         shutil.copy(f, tmp / f.name)
     export_tokenizer(tmp, run / "tokenizer")
     assert MINI_WORLD_TASK.text_len == dit.cfg.text_len

@@ -117,11 +117,32 @@ def train(cfg: dict) -> dict:
     return {"step": int(state["step"]), "seconds": seconds, "last_loss": loss}
 
 
+def export_checkpoint(cfg: dict, out_dir: Path) -> int:
+    """Writes the newest checkpoint's weights (EMA) as out_dir/dit and out_dir/t5 (a run still going); returns
+    its step."""
+    dit_cfg = config_from_dict(DiTConfig, cfg["dit"], source="dit")
+    train_cfg = config_from_dict(TrainConfig, cfg["train"], source="train")
+    t5_cfg = config_from_dict(T5Config, cfg["text"]["t5"], source="text.t5")
+    _, dit_state = nnx.split(WanModel(dit_cfg, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0)))
+    _, t5_state = nnx.split(random_t5(t5_cfg, dtype=jnp.float32, param_dtype=jnp.float32, seed=0))
+    template = init_state({"dit": nnx.to_pure_dict(dit_state), "t5": nnx.to_pure_dict(t5_state)}, train_cfg)
+    ckpt = TrainCheckpointer(Path(cfg["checkpoint"]["dir"]), keep=cfg["checkpoint"]["keep"])
+    state, _ = ckpt.restore(template)
+    ckpt.close()
+    _write_result(out_dir, state, dit_cfg, None, t5_cfg)
+    return int(state["step"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("config")
+    ap.add_argument("--export", help="write the newest checkpoint's weights to this folder and stop")
     args = ap.parse_args()
-    out = train(json.loads(Path(args.config).read_text()))
+    cfg = json.loads(Path(args.config).read_text())
+    if args.export:
+        print(f"step {export_checkpoint(cfg, Path(args.export))} written to {args.export}")
+        return
+    out = train(cfg)
     print(f"DiT + encoder: {out['step']} steps, {out['seconds']:.0f} s, last loss {out['last_loss']:.4f}")
 
 

@@ -1,5 +1,6 @@
-"""Training checkpoints: round trip of the whole state, half-written steps never restored, and a real
-`wan22 train` subprocess killed with SIGKILL resuming to the same weights as an uninterrupted run."""
+"""Training checkpoints: round trip of the whole state, half-written steps never restored, and real `wan22 train`
+subprocesses killed with SIGKILL (and, on a latent cache, also interrupted with Ctrl-C) resuming to the same
+weights as an uninterrupted run."""
 
 import json
 import os
@@ -12,14 +13,18 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint
 import pytest
 
 from wan22_jax.errors import CheckpointFormatError
 from wan22_jax.training.checkpoint import TrainCheckpointer
 from wan22_jax.training.config import TrainConfig
+from wan22_jax.training.loop import train
 from wan22_jax.training.step import init_state, make_train_step
 
 from .conftest import make_batch
+from .test_loader import write_cache
+from .test_train_cache import BUCKETS, CACHE_RUN
 
 
 def _assert_trees_equal(a, b):
@@ -112,18 +117,84 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_run):
     assert full.wait(timeout=500) == 0, full.stdout.read()
 
     steps = killed["steps"]
-    from wan22_jax.training.loop import train  # noqa: F401 (same package the subprocesses ran)
     template_dir = Path(uninterrupted["checkpoint"]["dir"])
     a = TrainCheckpointer(template_dir)
     b = TrainCheckpointer(killed["checkpoint"]["dir"])
     assert a.latest_step() == b.latest_step() == steps
     # restore both onto the structure Orbax recorded (no template needed for an exact comparison)
-    import orbax.checkpoint as ocp
-    with ocp.StandardCheckpointer() as reader:
+    with orbax.checkpoint.StandardCheckpointer() as reader:
         sa = reader.restore(template_dir / str(steps) / "state")
         sb = reader.restore(Path(killed["checkpoint"]["dir"]) / str(steps) / "state")
     _assert_trees_equal(sa, sb)
     assert int(sb["step"]) == steps
     # the loss log of the resumed run has each step exactly once
     rows = (Path(killed["out_dir"]) / "loss.csv").read_text().strip().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(1, steps + 1))
+
+
+def _train_cli(config_path: Path, log: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "wan22_jax.cli", "train", str(config_path), *extra],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(condition, proc: subprocess.Popen, log: Path, what: str, timeout: float = 500) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        assert proc.poll() is None, f"the run ended before {what}:\n{log.read_text()[-3000:]}"
+        time.sleep(0.05)
+    pytest.fail(f"no {what} within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def _last_logged_step(out_dir: Path) -> int:
+    path = out_dir / "metrics.csv"
+    rows = path.read_text().strip().splitlines()[1:] if path.is_file() else []
+    return max((int(r.split(",")[0]) for r in rows), default=0)
+
+
+# slow (about 5 minutes): four training runs on a latent cache, three of them `wan22 train` subprocesses
+@pytest.mark.slow
+def test_cache_run_killed_and_interrupted_resumes_to_the_uninterrupted_params(tmp_path):
+    cache = write_cache(tmp_path / "cache", buckets=BUCKETS, down=8)
+    steps = 30
+    base = dict(CACHE_RUN, data={"kind": "cache", "dir": str(cache), "held_out": 4}, steps=steps,
+                checkpoint={"every": 2, "keep": 2}, eval={"every": 10, "batch": 2},
+                train=dict(CACHE_RUN["train"], total_steps=steps))
+    full = train(dict(base, out_dir=str(tmp_path / "full")))
+    assert full["step"] == steps
+
+    out = tmp_path / "cut"
+    config = tmp_path / "cut.json"
+    config.write_text(json.dumps(dict(base, out_dir=str(out))))
+    ckpt_dir = out / "ckpt"
+    # 1. SIGKILL once a checkpoint is committed (--steps: a run that would go on far past `steps`)
+    log1 = tmp_path / "1.log"
+    proc = _train_cli(config, log1, "--steps", "100000")
+    _wait_for(lambda: ckpt_dir.is_dir() and TrainCheckpointer(ckpt_dir).latest_step() is not None, proc, log1,
+              "checkpoint")
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    killed_at = TrainCheckpointer(ckpt_dir).latest_step()
+    # 2. resumed, then Ctrl-C two steps later: saved on interrupt, exit status 130
+    log2 = tmp_path / "2.log"
+    proc = _train_cli(config, log2, "--steps", "100000")
+    _wait_for(lambda: f"resumed from step {killed_at}" in log2.read_text()
+              and _last_logged_step(out) >= killed_at + 2, proc, log2, "two steps after resuming")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=300) == 130, log2.read_text()[-3000:]
+    assert "checkpoint saved" in log2.read_text() and "Traceback" not in log2.read_text()
+    interrupted_at = TrainCheckpointer(ckpt_dir).latest_step()
+    assert killed_at + 2 <= interrupted_at < steps, (killed_at, interrupted_at)
+    # 3. the same command to the end
+    log3 = tmp_path / "3.log"
+    proc = _train_cli(config, log3)
+    assert proc.wait(timeout=500) == 0, log3.read_text()[-3000:]
+    assert f"resumed from step {interrupted_at}" in log3.read_text()
+
+    with orbax.checkpoint.StandardCheckpointer() as reader:
+        a = reader.restore(tmp_path / "full" / "ckpt" / str(steps) / "state")
+        b = reader.restore(ckpt_dir / str(steps) / "state")
+    _assert_trees_equal(a, b)
+    rows = (out / "metrics.csv").read_text().strip().splitlines()[1:]
     assert [int(r.split(",")[0]) for r in rows] == list(range(1, steps + 1))

@@ -41,7 +41,7 @@ def test_cli_reads_json(tmp_path):
     ({"eval": {"interval": 3}}, r"unknown training config field\(s\) \['eval\.interval'\]"),
     ({"mesh": {"spec": "fsdp=two"}}, r"mesh spec 'fsdp=two'"),
     ({"mesh": "fsdp=2"}, r"training config 'mesh' must be an object"),
-    ({"data": {"kind": "videos"}}, r"data\.kind='videos': one of \('world',\)"),
+    ({"data": {"kind": "videos"}}, r"data\.kind='videos': one of \('world', 'cache'\)"),
     ({"world": {"clips": "many"}}, r"world\.clips='many': must be a whole number >= 1"),
     ({"train": {"moment_dtype": "fp16"}}, r"moment_dtype='fp16' is not a supported dtype"),
     ({"train": {"remat_policy": "some"}}, r"remat_policy 'some' is not one of"),

@@ -88,6 +88,38 @@ class BatchSchedule:
         return self.global_indices(k)[:, self.process_index * b:(self.process_index + 1) * b]
 
 
+def held_out_batches(data: CachedDataset, *, text: str = "context", chunk: int = 8
+                     ) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Every sample of `data` (a held-out split) as evaluation batches of one bucket each, at most `chunk`
+    samples per batch, in a fixed order.
+
+    Args:
+      data: the samples (CachedDataset(..., split="held_out")).
+      text: "context" or "ids", as Loader.
+      chunk: samples per batch at most.
+    Returns:
+      [(bucket name "FxHxW", batch)], batch as one micro-batch of `Loader.batch` without the micro-batch axis:
+      {"latents": [n, z, F', h, w], "context", "null_context": [n, L, D]} or {"latents", "ids", "mask",
+      "null_ids", "null_mask"}.
+    """
+    if text not in TEXT_MODES:
+        raise ConfigError(f"text={text!r}: use one of {TEXT_MODES}")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ConfigError(f"chunk={chunk!r}: must be a whole number >= 1")
+    names = ("context",) if text == "context" else ("ids", "mask")
+    null = data.null()
+    out = []
+    for bucket in sorted(set(data.buckets), key=lambda b: (b.frames, b.height, b.width)):
+        members = [i for i, b in enumerate(data.buckets) if b == bucket]
+        for start in range(0, len(members), chunk):
+            samples = [data.load(i) for i in members[start:start + chunk]]
+            batch = {k: np.stack([s[k] for s in samples]) for k in ("latents", *names)}
+            for k in names:
+                batch[f"null_{k}"] = np.broadcast_to(null[k], batch[k].shape)
+            out.append((bucket.name, batch))
+    return out
+
+
 class Loader:
     """Batches of a latent cache in the form `LatentData.batch` gives them, as numpy arrays.
 

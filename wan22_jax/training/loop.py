@@ -2,11 +2,17 @@
 `wan22 train CONFIG.json` reads; `wan22 train --help` lists every field), e.g.
 
     {"out_dir": "runs/mini", "steps": 1000, "batch_size": 8,
-     "data": {"kind": "world"}, "world": {"height": 64, "width": 64, "frames": 17, "clips": 512},
+     "data": {"kind": "world"} | {"kind": "cache", "dir": "cache/folder", "held_out": 8},
+     "world": {"height": 64, "width": 64, "frames": 17, "clips": 512},
      "vae": "path/to/folder" | null, "text": {...}, "dit": {DiTConfig fields}, "train": {TrainConfig fields},
      "lora": null | {"base": "dit folder", "rank": 4, "alpha": 4, "targets": [...]},
      "mesh": {"spec": "fsdp=4,seq=2"}, "checkpoint": {"dir": null, "keep": 3, "every": 100},
      "eval": {"every": 100, "batch": 8}}
+
+With data.kind "cache" (a `wan22 cache` folder) the batches come from training/loader.py's Loader: one bucket
+per batch, the order fixed by train.seed, token ids when the text encoder trains with the DiT ("text":
+{"train": true}, with text.tokenizer_dir the cache's tokenizer) and the cached contexts otherwise; the held-out
+samples (data.held_out) are evaluated bucket by bucket.
 
 With a mesh, the parameters, optimizer state, EMA and batches are split by the inference rules
 (training/placement.py) and the step runs as one sharded program; the checkpoints hold the sharded state.
@@ -36,19 +42,27 @@ from tqdm.auto import tqdm
 
 from wan22_jax.convert.dit import load_dit, save_dit
 from wan22_jax.convert.vae import load_vae
+from wan22_jax.lora.export import expert_path, export_lora
+from wan22_jax.lora.formats import COMFYUI
 from wan22_jax.models.dit import WanModel
 from wan22_jax.ops import XLA, Kernels, with_kernels
-from wan22_jax.models.vae import encode
+from wan22_jax.models.vae import decode, encode
 from wan22_jax.training import lora as lora_mod
 from wan22_jax.sharding.rules import make_mesh
+from wan22_jax.errors import ConfigError
+from wan22_jax.training.cache import CachedDataset, tokenizer_hash
 from wan22_jax.training.checkpoint import TrainCheckpointer
 from wan22_jax.training.data import LatentData
+from wan22_jax.training.loader import Loader, held_out_batches
+from wan22_jax.training.metrics import MetricsLogger, total_peak_flops, train_flops
+from wan22_jax.training.previews import PreviewRenderer, batch_previews, cache_previews, pixel_decoder
 from wan22_jax.training.placement import batch_shardings, dotted_specs, put, state_shardings, tree_shardings
 from wan22_jax.training.run_config import RunConfig, parse_run_config
 from wan22_jax.training.step import Placement, full_params, init_state, make_eval_loss, make_train_step
 from wan22_jax.training.text import build_text_encoder, export_trained_t5, joint_params_fn, make_text_fn
 
 EVAL_TIMESTEPS = (100, 500, 900)
+COMFYUI_FILE = "lora_comfyui.safetensors"
 
 
 class _Interrupt:
@@ -71,11 +85,13 @@ class _Interrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _video_encoder(vae_path):
+def _vae_functions(vae_path):
+    """(encode, decode) of the VAE in `vae_path`: video [B, 3, T, H, W] <-> normalised latents [B, z, F, h, w];
+    (None, None) without one."""
     if vae_path is None:
-        return None
+        return None, None
     graphdef, state = nnx.split(load_vae(vae_path))
-    return lambda video: encode(graphdef, state, video)
+    return (lambda video: encode(graphdef, state, video)), (lambda latents: decode(graphdef, state, latents))
 
 
 class _CsvLog:
@@ -133,6 +149,29 @@ def plot_losses(out_dir: Path) -> Path:
     return path
 
 
+def _batches(data, position: int, batch_size: int, accum: int):
+    """The run's batches from data position `position` on: a Loader's read ahead by its Grain threads, the
+    mini-world's computed one by one."""
+    if isinstance(data, Loader):
+        for _, batch in data.iterator(position):
+            yield batch
+        return
+    while True:
+        yield data.batch(position, batch_size, accum)
+        position += batch_size * accum
+
+
+def _put_batch(batch, shardings):
+    """A batch onto its shardings; on several processes each holds its rows only (Loader) and the global batch is
+    assembled from them."""
+    if shardings is None:
+        return batch
+    if jax.process_count() > 1:
+        return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)), batch,
+                            shardings)
+    return put(batch, shardings)
+
+
 def _placement(mesh, state, specs, batch, frozen) -> Placement | None:
     """Shardings of the state, the batches and the frozen params over `mesh` (None: one device)."""
     if mesh is None:
@@ -162,23 +201,55 @@ def train(config: RunConfig | dict[str, Any], *, kernels: Kernels = XLA) -> dict
     if train_cfg.attention != "xla":
         kernels = dataclasses.replace(kernels, attention=train_cfg.attention)
     mesh = make_mesh(cfg.mesh.spec) if cfg.mesh.spec else None
+    # a trained encoder runs inside the loss on token ids; a frozen one's contexts are precomputed
+    text_mode = "ids" if text_cfg.train else "context"
+    cached = None
+    if cfg.data.kind == "cache":  # opened (and its sizes checked) before anything is built or written
+        cached = CachedDataset(cfg.data.dir, held_out=cfg.data.held_out)
+        if cfg.lora is None:  # a LoRA's base is checked once loaded
+            cached.check(z_dim=dit_cfg.in_dim, text_dim=None if text_cfg.train else dit_cfg.text_dim,
+                         text_len=dit_cfg.text_len)
+        data = Loader(cached, batch_size=batch_size, grad_accum=train_cfg.grad_accum, seed=train_cfg.seed,
+                      text=text_mode, read_threads=cfg.data.read_threads, prefetch=cfg.data.read_threads)
     out_dir.mkdir(parents=True, exist_ok=True)  # after the config checks: a mistake leaves no folder behind
 
-    text_encoder, t5_cfg, t5_model = build_text_encoder(text_cfg, dit_cfg.text_len, out_dir / "tokenizer")
-    # a trained encoder runs inside the loss on token ids; a frozen one is run once per prompt here
-    text_kw = ({"tokenize": text_encoder.tokenizer} if text_cfg.train
-               else {"encode_text": lambda prompts: text_encoder(prompts)[0]})
-    encode_video = _video_encoder(cfg.vae)
-    data = LatentData(cfg.world, encode_video, **text_kw)  # data.kind "world": the only kind so far
-    held_out = LatentData(cfg.world, encode_video, split="held_out", seed_offset=1, clips=cfg.eval.batch,
-                          **text_kw)
-    eval_batch = held_out.batch(0, len(held_out))
-    eval_batch = {k: v[0] for k, v in eval_batch.items()}
+    text_encoder = t5_cfg = t5_model = None
+    if cached is None or text_cfg.train:
+        text_encoder, t5_cfg, t5_model = build_text_encoder(text_cfg, dit_cfg.text_len, out_dir / "tokenizer")
+        if t5_cfg.dim != dit_cfg.text_dim:
+            raise ConfigError(f"text.t5.dim={t5_cfg.dim} must equal dit.text_dim={dit_cfg.text_dim} (the DiT reads "
+                              "the encoder's output)")
+    if cached is None:
+        text_kw = ({"tokenize": text_encoder.tokenizer} if text_cfg.train
+                   else {"encode_text": lambda prompts: text_encoder(prompts)[0]})
+        encode_video, decode_video = _vae_functions(cfg.vae_path)
+        data = LatentData(cfg.world, encode_video, **text_kw)
+        held_out = LatentData(cfg.world, encode_video, split="held_out", seed_offset=1, clips=cfg.eval.batch,
+                              **text_kw)
+        eval_batch = held_out.batch(0, len(held_out))
+        eval_sets = [("all", {k: v[0] for k, v in eval_batch.items()})]
+        previews = batch_previews(eval_sets[0][1], held_out.prompts, cfg.eval.samples)
+        decode_fn = decode_video or pixel_decoder(cfg.world.pixel_stride)
+    else:
+        if text_cfg.train and tokenizer_hash(text_encoder.tokenizer) != cached.manifest["tokenizer"]:
+            raise ConfigError(f"text.tokenizer_dir {text_cfg.tokenizer_dir}: not the tokenizer the cache "
+                              f"{cfg.data.dir} was made with (its token ids would mean other words)")
+        held_out = None if not cfg.data.held_out else CachedDataset(cfg.data.dir, held_out=cfg.data.held_out,
+                                                                    split="held_out")
+        eval_sets = [] if held_out is None else held_out_batches(held_out, text=text_mode, chunk=cfg.eval.batch)
+        # without held-out samples the sample videos use training captions
+        previews = cache_previews(held_out or cached, text_mode, cfg.eval.samples)
+        decode_fn = _vae_functions(cfg.vae_path)[1] if previews else None
 
     text_fn = None
     lora_cfg = None if cfg.lora is None else cfg.lora.adapter
+    model_cfg = dit_cfg  # the trained DiT's sizes (a LoRA's base may differ from the dit section)
     if lora_cfg is not None:
-        base_model = with_kernels(load_dit(cfg.lora.base, dtype=dtype, param_dtype=jnp.float32), kernels)
+        base_model = with_kernels(load_dit(cfg.lora.base_path, dtype=dtype, param_dtype=jnp.float32), kernels)
+        model_cfg = base_model.cfg
+        if cached is not None:  # the base's sizes, not the config's dit section, are what the cache must fit
+            cached.check(z_dim=base_model.cfg.in_dim, text_dim=base_model.cfg.text_dim,
+                         text_len=base_model.cfg.text_len)
         graphdef, base_state = nnx.split(base_model)
         specs = {} if mesh is None else dotted_specs(base_state, "dit", mesh)
         frozen = nnx.to_pure_dict(base_state)
@@ -208,18 +279,44 @@ def train(config: RunConfig | dict[str, Any], *, kernels: Kernels = XLA) -> dict
     if ckpt.latest_step() is not None:
         state, _ = ckpt.restore(state)  # onto the template's shardings
         start = int(state["step"])
-        tqdm.write(f"resuming from step {start} of {steps} (checkpoint in {ckpt_dir})")
+        tqdm.write(f"resumed from step {start} (checkpoint in {ckpt_dir}): resuming from step {start} of {steps}")
     train_step = make_train_step(graphdef, train_cfg, params_fn, text_fn, placement)
     eval_loss = make_eval_loss(graphdef, train_cfg, params_fn, text_fn, mesh=mesh)
     log = _CsvLog(out_dir / "loss.csv", ["step", "loss", "grad_norm", "lr", "seconds"], start)
-    eval_log = _CsvLog(out_dir / "eval.csv", ["step"] + [f"t{t}" for t in EVAL_TIMESTEPS], start)
+    columns = [f"t{t}" for t in EVAL_TIMESTEPS]
+    eval_log = _CsvLog(out_dir / "eval.csv", ["step"] + columns, start)
+    bucket_log = None if cached is None else _CsvLog(out_dir / "eval_buckets.csv", ["step", "bucket", "samples"]
+                                                      + columns, start)
     meta = {"config": cfg.to_dict()}
+    renderer = None if not previews else PreviewRenderer(
+        graphdef, params_fn, text_fn, previews, decode=decode_fn, steps=cfg.eval.sample_steps,
+        guidance=cfg.eval.guidance, shift=train_cfg.shift)
+    metrics_log = MetricsLogger(out_dir, peak_flops=total_peak_flops("bf16" if dtype == jnp.bfloat16 else "fp32"),
+                                resume_step=start, enabled=jax.process_index() == 0)
 
     def evaluate(step):
-        row = {"step": step}
-        for t in EVAL_TIMESTEPS:
-            row[f"t{t}"] = float(eval_loss(state["params"], eval_batch, t / train_cfg.num_train_timesteps, frozen))
-        eval_log.write(row)
+        """eval.csv: the held-out loss over all held-out samples; eval_buckets.csv (a cache): per bucket."""
+        if not eval_sets:
+            return
+        per_bucket: dict[str, dict[str, float]] = {}
+        for name, batch in eval_sets:
+            n = len(batch["latents"])
+            acc = per_bucket.setdefault(name, {"samples": 0, **{c: 0.0 for c in columns}})
+            acc["samples"] += n
+            for t, c in zip(EVAL_TIMESTEPS, columns):
+                acc[c] += n * float(eval_loss(state["params"], batch, t / train_cfg.num_train_timesteps, frozen))
+        total = sum(a["samples"] for a in per_bucket.values())
+        means = {c: sum(a[c] for a in per_bucket.values()) / total for c in columns}
+        eval_log.write({"step": step, **{c: f"{v:.6f}" for c, v in means.items()}})
+        scalars = {f"eval/{c}": v for c, v in means.items()}
+        if bucket_log is not None:
+            for name, a in per_bucket.items():
+                bucket_log.write({"step": step, "bucket": name, "samples": a["samples"],
+                                  **{c: f"{a[c] / a['samples']:.6f}" for c in columns}})
+                scalars.update({f"eval/{name}/{c}": a[c] / a["samples"] for c in columns})
+        metrics_log.log_scalars(step, scalars)
+        if renderer is not None and jax.process_index() == 0:
+            renderer.render(state["params"], frozen, step, out_dir)
 
     bar = tqdm(total=steps, initial=start, desc="training", unit="step", disable=not cfg.progress)
     t0 = time.perf_counter()
@@ -228,15 +325,22 @@ def train(config: RunConfig | dict[str, Any], *, kernels: Kernels = XLA) -> dict
         evaluate(0)
     interrupt = _Interrupt(enabled=True)
     interrupted = False
+    batches = _batches(data, int(state["data_position"]), batch_size, train_cfg.grad_accum)
     try:
         for step in range(start, steps):
-            batch = data.batch(int(state["data_position"]), batch_size, train_cfg.grad_accum)
-            state, metrics = train_step(state, put(batch, placement and placement.batch), frozen)
+            batch = next(batches)
+            shape = np.shape(batch["latents"])
+            state, metrics = train_step(state, _put_batch(batch, placement and placement.batch), frozen)
             loss = float(metrics["loss"])
             log.write({"step": step + 1, "loss": f"{loss:.6f}", "grad_norm": f"{float(metrics['grad_norm']):.4f}",
                        "lr": f"{float(metrics['lr']):.3g}", "seconds": f"{time.perf_counter() - t0:.2f}"})
+            # the global batch: every process reads batch_size / processes rows of it
+            row = metrics_log.log(step + 1, loss=loss, grad_norm=metrics["grad_norm"], lr=metrics["lr"],
+                                  samples=batch_size * train_cfg.grad_accum,
+                                  flops=train_flops(model_cfg, (shape[0], batch_size, *shape[2:])))
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
+            bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{row['samples_per_s']:.1f}",
+                            **({} if row["mfu"] is None else {"mfu": f"{row['mfu']:.1%}"}))
             done = step + 1
             if done % cfg.eval.every == 0 or done == steps:
                 evaluate(done)
@@ -249,25 +353,32 @@ def train(config: RunConfig | dict[str, Any], *, kernels: Kernels = XLA) -> dict
                 break
     finally:
         interrupt.restore()
+        metrics_log.close()
     bar.close()
     ckpt.close()
     seconds = time.perf_counter() - t0
     if not interrupted and (cfg.stop_after is None or int(state["step"]) >= steps):
-        _write_result(out_dir, state, dit_cfg, lora_cfg, t5_cfg if text_cfg.train else None)
+        _write_result(out_dir, state, model_cfg, cfg.lora, t5_cfg if text_cfg.train else None)
         plot_losses(out_dir)
     return {"state": state, "step": int(state["step"]), "out_dir": out_dir, "seconds": seconds,
             "last_loss": loss, "interrupted": interrupted, "checkpoint_dir": ckpt_dir}
 
 
-def _write_result(out_dir: Path, state, dit_cfg, lora_cfg, t5_cfg) -> None:
+def _write_result(out_dir: Path, state, dit_cfg, lora_run, t5_cfg) -> None:
     """The trained weights (EMA weights if the state keeps an EMA): out_dir/dit (our Orbax DiT format) and, for a
-    trained encoder (t5_cfg given), out_dir/t5 (release layout); or out_dir/lora.safetensors."""
+    trained encoder (t5_cfg given), out_dir/t5 (release layout); or, for a LoRA run (lora_run: its
+    LoraRunConfig), out_dir/lora.safetensors (ours) and out_dir/lora_comfyui[.<expert>].safetensors."""
     params = state.get("ema", state["params"])
     if t5_cfg is not None:
         export_trained_t5(out_dir / "t5", params["t5"], t5_cfg)
         params = params["dit"]
-    if lora_cfg:
-        lora_mod.save_lora(out_dir / "lora.safetensors", params, lora_cfg)
+    if lora_run is not None:
+        params = jax.tree.map(np.asarray, params)
+        lora_mod.save_lora(out_dir / "lora.safetensors", params, lora_run.adapter)
+        comfy = out_dir / COMFYUI_FILE
+        if lora_run.expert_name is not None:
+            comfy = expert_path(comfy, lora_run.expert_name)
+        export_lora(comfy, params, lora_run.adapter, dit_cfg, COMFYUI)
         return
     abstract = nnx.state(nnx.eval_shape(lambda: WanModel(dit_cfg)))
     nnx.replace_by_pure_dict(abstract, jax.tree.map(np.asarray, params))

@@ -117,6 +117,13 @@ class MetricsLogger:
                     self._writer.add_scalar(tag, row[name], global_step=int(step))
         return row
 
+    def log_scalars(self, step: int, values: dict[str, float]) -> None:
+        """Scalars {tag: value} at `step` to TensorBoard only (e.g. held-out losses, "eval/t500"; their CSV is
+        the caller's)."""
+        if self.enabled and self._writer is not None:
+            for tag, value in values.items():
+                self._writer.add_scalar(tag, float(value), global_step=int(step))
+
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()

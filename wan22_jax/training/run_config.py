@@ -2,9 +2,12 @@
 
     RunConfig
       out_dir, steps, batch_size, progress, stop_after      the run
-      data        DataConfig       where clips come from ({"kind": "world"}: the procedural mini-world)
-      world       WorldConfig      the mini-world's clips (training/data.py)
-      vae         path or null     a Wan VAE folder (latents), or null: average-pooled pixels
+      data        DataConfig       where clips come from: "world" (the procedural mini-world) or "cache" (a
+                                   latent cache of video files made by `wan22 cache`, training/loader.py)
+      world       WorldConfig      the mini-world's clips (training/data.py; kind "world" only)
+      vae         path or null     a Wan VAE folder ("default": the embedded model's) for latents, or null:
+                                   average-pooled pixels (kind "world"; with a cache it only decodes the
+                                   sample videos)
       text        TextConfig       tokenizer + umT5, frozen or trained (training/text.py)
       dit         DiTConfig        the DiT (models/dit.py); required
       train       TrainConfig      optimizer, schedule, objective, precision, remat, attention (training/config.py)
@@ -22,26 +25,37 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 from typing import Any, Mapping
 
 from wan22_jax.config_utils import config_from_dict
-from wan22_jax.errors import ConfigError
+from wan22_jax.convert.dit import read_dit_config
+from wan22_jax.errors import CheckpointFormatError, ConfigError, InputError
+from wan22_jax.io.orbax_io import MANIFEST, read_manifest
 from wan22_jax.models.dit import DiTConfig
+from wan22_jax.pipeline.files import default_checkpoint
 from wan22_jax.sharding.rules import parse_mesh_spec
 from wan22_jax.training.config import TrainConfig
 from wan22_jax.training.data import WorldConfig
 from wan22_jax.training.lora import LoraConfig
 from wan22_jax.training.text import TextConfig
 
-DATA_KINDS = ("world",)
+DATA_KINDS = ("world", "cache")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    """Where the training clips come from. kind: "world", the procedural mini-world sized by the `world` section
-    (other kinds, such as video files and a latent cache, plug in here)."""
+    """Where the training clips come from. kind: "world", the procedural mini-world sized by the `world` section;
+    or "cache", the latent cache in `dir` (`wan22 cache` of a folder of videos/images with captions): batches of
+    one bucket each, in an order fixed by train.seed, resumed from the checkpoint's data position.
+    held_out (cache only): that many samples are kept out of training and their loss is evaluated per bucket
+    every eval.every steps (eval.csv: all of them; eval_buckets.csv: per bucket); 0: no held-out loss.
+    read_threads (cache only): Grain's reading threads."""
 
     kind: str = "world"
+    dir: str | None = None
+    held_out: int = 0
+    read_threads: int = 4
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -65,26 +79,64 @@ class CheckpointConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EvalConfig:
-    """every: the held-out loss at t = 100, 500, 900 every N steps (eval.csv); batch: held-out clips."""
+    """every: the held-out loss at t = 100, 500, 900 every N steps (eval.csv); batch: held-out clips (a cache:
+    samples per evaluation batch, all held-out samples are evaluated). samples: sample videos generated from
+    held-out captions at every evaluation (out_dir/samples/step_N_i.mp4), when the run can decode its latents
+    (a `vae`, or the mini-world's pooled pixels); 0: none. sample_steps, guidance: their sampling steps and
+    guide scale (shift: train.shift)."""
 
     every: int = 100
     batch: int = 8
+    samples: int = 0
+    sample_steps: int = 20
+    guidance: float = 4.0
+
+
+EXPERTS = {"high": "high_noise_model", "low": "low_noise_model"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LoraRunConfig:
-    """base: the DiT folder the adapters train on (frozen; `wan22 convert` or `wan22 train` output); the other
-    fields are the adapter's (LoraConfig: rank, alpha, targets), written flat beside `base`."""
+    """base: the DiT folder the adapters train on (frozen; a release's DiT folder, `wan22 convert` or `wan22
+    train` output), or "default": the embedded mini-world model; the `dit` section may then be left out (it is
+    the base's). expert: "high" / "low" for one expert of an A14B release (null: read from a base folder named
+    high_noise_model / low_noise_model); the ComfyUI file is then named for it (lora_comfyui.high_noise.safetensors)
+    and loads with `pipe.load_lora(path, expert="high")`. The other fields are the adapter's (LoraConfig: rank,
+    alpha, targets), written flat beside `base`. A LoRA run writes out_dir/lora.safetensors (ours) and
+    out_dir/lora_comfyui.safetensors (`diffusion_model.<module>.lora_A / lora_B / alpha`: ComfyUI's naming)."""
 
     base: str
+    expert: str | None = None
     adapter: LoraConfig = LoraConfig()
+
+    @property
+    def base_path(self) -> Path:
+        """The base DiT folder ("default" resolved to the embedded model)."""
+        return default_checkpoint() if self.base == "default" else Path(self.base)
+
+    @property
+    def expert_name(self) -> str | None:
+        """The A14B expert the adapter is for ("high_noise_model" / "low_noise_model"), or None."""
+        if self.expert is not None:
+            return EXPERTS[self.expert]
+        name = Path(self.base).name
+        return name if name in EXPERTS.values() else None
+
+
+def base_dit_config(folder: Path) -> DiTConfig:
+    """The DiTConfig of a DiT folder (ours, official or Diffusers), read without its weights."""
+    if (folder / MANIFEST).is_file():
+        return config_from_dict(DiTConfig, read_manifest(folder)["config"], source=str(folder / MANIFEST))
+    return read_dit_config(folder)[0]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    """out_dir: where loss.csv, eval.csv, loss.png and the trained weights go (out_dir/dit, out_dir/t5,
-    or out_dir/lora.safetensors). steps: optimizer steps of the run. batch_size: samples per micro-batch (a step
-    sees train.grad_accum of them). progress: a tqdm bar. stop_after: stop after this step without writing the
+    """out_dir: where the logs and the trained weights go: loss.csv, metrics.csv and tensorboard/ (loss, grad
+    norm, lr, samples/s, MFU), eval.csv (held-out loss; eval_buckets.csv per bucket), loss.png, samples/ (sample
+    videos), and out_dir/dit (+ out_dir/t5 and out_dir/tokenizer), or out_dir/lora.safetensors and
+    out_dir/lora_comfyui.safetensors. steps: optimizer steps of the run. batch_size: samples per micro-batch (a
+    step sees train.grad_accum of them). progress: a tqdm bar. stop_after: stop after this step without writing the
     outputs (tests)."""
 
     out_dir: str
@@ -103,11 +155,17 @@ class RunConfig:
     progress: bool = True
     stop_after: int | None = None
 
+    @property
+    def vae_path(self) -> Path | None:
+        """The VAE folder ("default": the embedded model's), or None."""
+        return default_checkpoint() if self.vae == "default" else None if self.vae is None else Path(self.vae)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (what the checkpoints store beside the state); `parse_run_config` reads it back."""
         out = dataclasses.asdict(self)
         if self.lora is not None:  # the adapter's fields are written flat, as in the config file
-            out["lora"] = {"base": self.lora.base, **out["lora"]["adapter"]}
+            out["lora"] = {"base": self.lora.base, **({} if self.lora.expert is None else
+                                                      {"expert": self.lora.expert}), **out["lora"]["adapter"]}
         return out
 
 
@@ -115,7 +173,8 @@ class RunConfig:
 OWN_PARSERS = {"dit": DiTConfig, "world": WorldConfig, "text": TextConfig, "train": TrainConfig}
 # whole numbers and their minimum, per section ("" = the top level)
 MINIMUM = {("", "steps"): 1, ("", "batch_size"): 1, ("", "stop_after"): 1, ("checkpoint", "keep"): 1,
-           ("checkpoint", "every"): 1, ("eval", "every"): 1, ("eval", "batch"): 1}
+           ("checkpoint", "every"): 1, ("eval", "every"): 1, ("eval", "batch"): 1,
+           ("data", "read_threads"): 1, ("eval", "sample_steps"): 1}
 
 
 def _where(section: str, name: str) -> str:
@@ -137,6 +196,10 @@ def _typed(value: Any, hint: Any, section: str, name: str) -> Any:
         low = MINIMUM.get((section, name), 0)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"training config {where}={value!r}: must be a whole number >= {low}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"training config {where}={value!r}: must be a number")
+        value = float(value)
     elif hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"training config {where}={value!r}: must be a string")
@@ -161,10 +224,14 @@ def _lora(raw: Any) -> LoraRunConfig | None:
         return None
     if not (isinstance(raw, Mapping) and isinstance(raw.get("base"), str)):
         raise ConfigError(f"training config lora={raw!r}: must be null or an object with a \"base\" DiT folder")
-    spec = {k: v for k, v in raw.items() if k != "base"}
+    expert = raw.get("expert")
+    if expert is not None and expert not in EXPERTS:
+        raise ConfigError(f"training config lora.expert={expert!r}: \"high\", \"low\" or null")
+    spec = {k: v for k, v in raw.items() if k not in ("base", "expert")}
     if "targets" in spec and not spec["targets"]:
         spec.pop("targets")  # an empty list: the default targets
-    return LoraRunConfig(base=raw["base"], adapter=config_from_dict(LoraConfig, spec, source="config lora"))
+    return LoraRunConfig(base=raw["base"], expert=expert,
+                         adapter=config_from_dict(LoraConfig, spec, source="config lora"))
 
 
 def parse_run_config(raw: Any) -> RunConfig:
@@ -178,7 +245,7 @@ def parse_run_config(raw: Any) -> RunConfig:
     if unknown:
         raise ConfigError(f"unknown training config field(s) {unknown}; valid: {sorted(fields)}")
     for k in ("out_dir", "dit", "steps", "batch_size"):
-        if k not in raw:
+        if k not in raw and not (k == "dit" and raw.get("lora") is not None):
             raise ConfigError(f"training config needs {k!r}")
     hints = typing.get_type_hints(RunConfig)
     kw: dict[str, Any] = {}
@@ -195,6 +262,12 @@ def parse_run_config(raw: Any) -> RunConfig:
             raise ConfigError(f"training config vae={value!r}: must be a path (a string) or null")
         else:
             kw[name] = _typed(value, hints[name], "", name)
+    if "dit" not in kw:  # a LoRA run: the base's own config
+        try:
+            kw["dit"] = base_dit_config(kw["lora"].base_path)
+        except (CheckpointFormatError, InputError, OSError) as e:
+            raise ConfigError(f"training config lora.base={kw['lora'].base!r}: cannot read its DiT config ({e}); "
+                              "give the base folder, or a `dit` section") from None
     cfg = RunConfig(**kw)
     _check(cfg)
     return cfg
@@ -204,6 +277,18 @@ def _check(cfg: RunConfig) -> None:
     """Values that each section alone cannot judge."""
     if cfg.data.kind not in DATA_KINDS:
         raise ConfigError(f"training config data.kind={cfg.data.kind!r}: one of {DATA_KINDS}")
+    if cfg.data.kind == "cache" and not cfg.data.dir:
+        raise ConfigError("training config data.dir: data.kind \"cache\" needs the cache folder (`wan22 cache "
+                          "... --out DIR`)")
+    if cfg.data.kind == "world" and (cfg.data.dir is not None or cfg.data.held_out):
+        raise ConfigError("training config data.dir / data.held_out belong to data.kind \"cache\"; the mini-world "
+                          "(kind \"world\") is sized by the `world` section")
+    if cfg.data.kind == "cache" and cfg.text.train and cfg.text.tokenizer_dir is None:
+        raise ConfigError("training config text.tokenizer_dir: training the text encoder on a cache needs the "
+                          "tokenizer folder the cache was made with (its token ids)")
+    if cfg.eval.samples and cfg.data.kind == "cache" and cfg.vae is None:
+        raise ConfigError("training config eval.samples: sample videos from a cache need its VAE to decode them: "
+                          "set vae to the VAE folder the cache was made with")
     if cfg.mesh.spec:
         parse_mesh_spec(cfg.mesh.spec)  # its syntax, before any device is asked
     if cfg.lora is not None and cfg.text.train:
@@ -232,7 +317,7 @@ def describe() -> str:
         lines.append(f"  {f.name}: {_type_name(hint)} ({default})")
     for name, cls in sections:
         if cls is LoraRunConfig:
-            cls_fields = [("base", "str", "required")] + [
+            cls_fields = [("base", "str", "required"), ("expert", "str | null", "default None")] + [
                 (g.name, _type_name(typing.get_type_hints(LoraConfig)[g.name]), f"default {g.default!r}")
                 for g in dataclasses.fields(LoraConfig)]
             doc = LoraRunConfig.__doc__ + "\n" + LoraConfig.__doc__

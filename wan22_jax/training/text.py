@@ -10,6 +10,7 @@ the DiT at inference exactly what it saw in training (tests/training/test_text_t
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import jax
@@ -31,14 +32,17 @@ from wan22_jax.training.export import export_t5
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TextConfig:
     """t5: T5Config fields of the encoder (random init from `seed`); vocab_size / tokenizer: size and
-    sentencepiece model type of the tokenizer (`train_tokenizer`); train: train the encoder with the DiT
-    (else it stays frozen at its random init: any prompt still gets a distinct, fixed embedding)."""
+    sentencepiece model type of the tokenizer (`train_tokenizer`); tokenizer_dir: a tokenizer folder to use
+    instead of training one on the mini-world prompts (with a latent cache: the one the cache was made with);
+    train: train the encoder with the DiT (else it stays frozen at its random init: any prompt still gets a
+    distinct, fixed embedding)."""
 
     t5: dict = dataclasses.field(default_factory=lambda: dict(vocab_size=96, dim=32, dim_attn=32, dim_ffn=64,
                                                               num_heads=4, num_layers=2))
     seed: int = 0
     vocab_size: int = 96
     tokenizer: str = "unigram"
+    tokenizer_dir: str | None = None
     train: bool = False
 
     def __post_init__(self):
@@ -47,13 +51,23 @@ class TextConfig:
 
 
 def build_text_encoder(text: TextConfig, text_len: int, tokenizer_dir: Path):
-    """(TextEncoder, T5Config, T5Encoder): the tokenizer (trained on the mini-world corpus into `tokenizer_dir`
-    unless it is there) and the encoder at its random init."""
+    """(TextEncoder, T5Config, T5Encoder): the tokenizer (text.tokenizer_dir copied into `tokenizer_dir`, or one
+    trained there on the mini-world corpus, unless it is there) and the encoder at its random init."""
     t5_cfg = config_from_dict(T5Config, text.t5, source="config text.t5")
-    if not (tokenizer_dir / "spiece.model").is_file():
+    if text.tokenizer_dir is not None:
+        source = Path(text.tokenizer_dir)
+        if not source.is_dir():
+            raise ConfigError(f"text.tokenizer_dir {source}: no such folder")
+        if source.resolve() != tokenizer_dir.resolve():  # a copy beside the run's weights, like a trained one
+            shutil.copytree(source, tokenizer_dir, dirs_exist_ok=True)
+    elif not (tokenizer_dir / "spiece.model").is_file():
         train_tokenizer(prompt_corpus() * 4, tokenizer_dir, vocab_size=text.vocab_size, model_type=text.tokenizer)
+    tokenizer = Tokenizer(tokenizer_dir, text_len=text_len)
+    if tokenizer.vocab_size > t5_cfg.vocab_size:
+        raise ConfigError(f"text.t5.vocab_size={t5_cfg.vocab_size} is smaller than the tokenizer's "
+                          f"{tokenizer.vocab_size} ids ({tokenizer_dir})")
     model = random_t5(t5_cfg, dtype=jnp.float32, param_dtype=jnp.float32, seed=text.seed)
-    return TextEncoder(model, Tokenizer(tokenizer_dir, text_len=text_len), cache_size=0), t5_cfg, model
+    return TextEncoder(model, tokenizer, cache_size=0), t5_cfg, model
 
 
 def joint_params_fn(params, frozen):

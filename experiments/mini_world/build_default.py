@@ -13,7 +13,10 @@ release-layout folder the pipeline loads.
 * tokenizer: a sentencepiece unigram model whose user-defined symbols are the world's words in both languages
   (each word one token; tokenizer_training.py), as transformers' T5 tokenizer files;
 * cache: `wan22 cache` of both manifests with that VAE, token ids only (the encoder trains with the DiT);
-* dit: `train_cached.py dit_cached.json` on the cache (resumes from its checkpoints if killed);
+* dit: `wan22 train dit_wan22_train.json` on the cache (data.kind "cache"; resumes from its checkpoints if
+  killed). The shipped model was trained by `train_cached.py dit_cached.json`, a driver written before
+  `wan22 train` read caches; both run the same Loader and step (the same losses, checked on the first steps);
+  the driver also reports the loss on the held-out-combination clips;
 * assemble: the folder `Wan22Pipeline.from_pretrained()` reads, laid out like an official release:
   `config.json` + `diffusion_pytorch_model.safetensors` (DiT, EMA weights), `Wan2.2_VAE.pth`,
   `models_t5_umt5-xxl-enc-bf16.pth` + `t5_config.json` (the umT5 trained with the DiT, or the frozen random
@@ -101,18 +104,18 @@ def stage_cache(run: Path) -> Path:
 
 
 def dit_config(run: Path) -> dict:
-    cfg = json.loads((HERE / "dit_cached.json").read_text())
-    cfg.update(out_dir=str(run / "dit"), tokenizer=str(run / "tokenizer"),
-               cache={"train": str(run / "cache" / "train"), "held_out": str(run / "cache" / "held_out")},
+    cfg = json.loads((HERE / "dit_wan22_train.json").read_text())
+    cfg.update(out_dir=str(run / "dit"), data={**cfg["data"], "dir": str(run / "cache" / "train")},
+               text={**cfg["text"], "tokenizer_dir": str(run / "tokenizer")},
                checkpoint={**cfg["checkpoint"], "dir": str(run / "dit" / "ckpt")})
     return cfg
 
 
 def stage_dit(run: Path) -> Path:
-    import train_cached
+    from wan22_jax.training.loop import train
     cfg = dit_config(run)
     if not (run / "dit" / "dit" / "wan22.json").is_file():
-        out = train_cached.train(cfg)
+        out = train(cfg)
         print(f"DiT: {out['step']} steps, {out['seconds']:.0f} s, last loss {out['last_loss']:.4f}")
     return run / "dit" / "dit"
 

@@ -7,7 +7,9 @@ recipe (same DiT, encoder, optimizer, EMA, text dropout, steps and batch), with 
 `training/loader.py`'s Loader (token ids: the encoder trains with the DiT) instead of the procedural stream, and
 the same training step, checkpoints (resumes after a kill), loss.csv / eval.csv / loss.png and outputs
 (out_dir/dit, out_dir/t5) as `wan22 train`. Config: dit_latent.json's sections plus
-{"cache": {"train": DIR, "held_out": DIR}, "tokenizer": DIR} (the tokenizer the cache was made with).
+{"cache": {"train": DIR, "held_out": DIR}, "tokenizer": DIR} (the tokenizer the cache was made with), and
+optionally "init_checkpoint": DIR (a second phase: start from that run's newest EMA weights with a fresh
+optimizer and schedule).
 """
 
 from __future__ import annotations
@@ -71,6 +73,11 @@ def train(cfg: dict) -> dict:
     params = {"dit": nnx.to_pure_dict(dit_state), "t5": nnx.to_pure_dict(t5_state)}
     text_fn = make_text_fn(t5_graphdef)
     state = init_state(params, train_cfg)
+    if cfg.get("init_checkpoint"):  # a second phase: start from another run's EMA weights, fresh optimizer
+        src = TrainCheckpointer(Path(cfg["init_checkpoint"]), keep=100)
+        restored, _ = src.restore(state)
+        src.close()
+        state = init_state(restored.get("ema", restored["params"]), train_cfg)
     ckpt_dir = Path(cfg["checkpoint"]["dir"])
     ckpt = TrainCheckpointer(ckpt_dir, keep=cfg["checkpoint"]["keep"])
     start = 0

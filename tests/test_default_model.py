@@ -1,6 +1,6 @@
 """The embedded default model (wan22_jax/assets/mini_world/, built by experiments/mini_world/build_default.py):
 it loads with no path through the release-layout loaders, follows prompts whose combinations it never saw in
-training, in English and in Japanese (read by the deterministic detector), `wan22 generate` uses it (with the persistent compilation
+training (read by the deterministic detector), `wan22 generate` uses it (with the persistent compilation
 cache), and a LoRA trained on it changes what it draws as intended."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from wan22_jax.data.detector import detect
 from wan22_jax.data.mini_world import MiniWorld, held_out_scenes, train_scenes
-from wan22_jax.data.prompt_following import accuracy, detect_rows, generate_rows
+from wan22_jax.data.prompt_following import accuracy, generate_rows
 from wan22_jax.pipeline import Wan22Pipeline, default_checkpoint
 from wan22_jax.training.config import TrainConfig
 from wan22_jax.training.lora import LoraConfig, merge_into_pipeline
@@ -35,16 +35,12 @@ def test_loads_with_no_path_in_float32(pipe):
     assert size < 20 * 2**20
 
 
-@pytest.mark.parametrize("language", ["en", "ja"])
-def test_follows_held_out_prompts(pipe, language):
-    # Every held-out colour x shape x direction combination (never trained on), each background, one seed, its
-    # prompt in English ("a red bar moving left on a black background") or Japanese ("黒い背景の上を左へ動く赤い棒").
-    # Measured for the shipped model (4 seeds, experiments/mini_world/results): MEASURED_HELD_OUT; chance is
-    # 0.25 / 0.33 / 0.25. The bar is the first goal: 80 %.
-    scenes = held_out_scenes()
-    out = pipe(prompt=[s.caption(language) for s in scenes], seed=0)
-    videos = [v.frames for v in out.videos]
-    acc = accuracy(detect_rows(videos, scenes))
+def test_follows_held_out_prompts(pipe):
+    # Every held-out colour x shape x direction combination (never trained on), each background, one seed.
+    # Measured for the shipped model (4 seeds, experiments/mini_world/results): colour 1.00, shape 0.89,
+    # direction 1.00, all three 0.89 (seed 0: 0.92); chance is 0.25 / 0.33 / 0.25. The bar is the goal: 80 %.
+    rows, videos = generate_rows(pipe, held_out_scenes(), seeds=(0,), progress=False)
+    acc = accuracy(rows)
     assert videos[0].shape == (5, 64, 64, 3)
     assert acc["all"] >= 0.8, acc
 

@@ -2,11 +2,13 @@
 
     python experiments/mini_world/train_cached.py CONFIG.json
 
-A minimal driver until `wan22 train` reads a cache (`data: {"kind": "cache"}`): the run is `dit_latent.json`'s
-recipe (same DiT, encoder, optimizer, EMA, text dropout, steps and batch), with batches from
+A minimal driver written while `wan22 train` could not read a cache (it now can: `data: {"kind": "cache"}`,
+dit_wan22_train.json). The run is the English-only model's recipe (same DiT, encoder, optimizer, EMA, text
+dropout), with batches from
 `training/loader.py`'s Loader (token ids: the encoder trains with the DiT) instead of the procedural stream, and
 the same training step, checkpoints (resumes after a kill), loss.csv / eval.csv / loss.png and outputs
-(out_dir/dit, out_dir/t5) as `wan22 train`. Config: dit_latent.json's sections plus
+(out_dir/dit, out_dir/t5) as `wan22 train`. Config (dit_cached*.json): the run config's dit, train, text.t5,
+batch_size, steps, checkpoint and eval sections plus
 {"cache": {"train": DIR, "held_out": DIR}, "tokenizer": DIR} (the tokenizer the cache was made with), and
 optionally "init_checkpoint": DIR (a second phase: start from that run's newest EMA weights with a fresh
 optimizer and schedule).

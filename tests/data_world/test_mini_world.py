@@ -8,8 +8,23 @@ import numpy as np
 import pytest
 
 from wan22_jax.data.detector import detect
-from wan22_jax.data.mini_world import (MiniWorld, all_scenes, held_out_scenes, prompt_corpus, scene_of_prompt,
-                                       to_uint8_frames, train_scenes)
+from wan22_jax.data.mini_world import (
+    BACKGROUNDS,
+    COLOURS,
+    DIRECTIONS,
+    JA_WORDS,
+    LANGUAGES,
+    SHAPES,
+    MiniWorld,
+    Scene,
+    all_scenes,
+    held_out_scenes,
+    prompt_corpus,
+    scene_of_prompt,
+    to_uint8_frames,
+    train_scenes,
+    vocabulary,
+)
 from wan22_jax.errors import InputError
 
 
@@ -87,3 +102,32 @@ def test_detector_survives_a_blurry_decoder():
         blurred = gaussian_filter(clip.video, sigma=(0, 0, 2, 2))
         d = detect(to_uint8_frames(blurred))
         assert d.matches(clip.scene) == {"colour": True, "shape": True, "direction": True}, (clip.prompt, d)
+
+
+def test_japanese_prompts():
+    s = scene_of_prompt("a red bar moving left on a black background")
+    assert s.prompt_ja == s.caption("ja") == "黒い背景の上を左へ動く赤い棒"
+    assert scene_of_prompt("灰色の背景の上を上へ動く緑の丸") == Scene("green", "circle", "up", "gray")
+    ja = prompt_corpus(("ja",))
+    assert len(set(ja)) == len(all_scenes()) and prompt_corpus(LANGUAGES) == prompt_corpus() + ja
+    # the Japanese words of the attributes are distinct and each sits once in its prompt
+    words = [JA_WORDS[k] for k in (*COLOURS, *SHAPES, *DIRECTIONS, *BACKGROUNDS)]
+    assert len(set(words)) == len(words)
+    for scene in all_scenes()[::7]:
+        for attr in (scene.colour, scene.shape, scene.direction, scene.background):
+            assert scene.prompt_ja.count(JA_WORDS[attr]) == 1, (scene, attr)
+    with pytest.raises(InputError, match="language 'fr'"):
+        s.caption("fr")
+
+
+def test_vocabulary_makes_every_prompt():
+    vocab = vocabulary()
+    assert len(set(vocab)) == len(vocab)
+    for p in prompt_corpus():
+        assert set(p.split()) <= set(vocab)
+    en = set(vocabulary(("en",)))
+    for p in prompt_corpus(("ja",)):  # the Japanese words tile every Japanese prompt
+        rest = p
+        for w in sorted(set(vocab) - en, key=len, reverse=True):
+            rest = rest.replace(w, "")
+        assert rest == "", p

@@ -1,5 +1,6 @@
 """Tokenizer: official text cleaning, padding, `</s>`, truncation warning; on a tiny sentencepiece model
-trained at test time (no tokenizer files can be downloaded). `make_tiny_tokenizer` is shared with
+trained at test time (no tokenizer files can be downloaded). A tokenizer trained with words of English and
+Japanese (tokenizer_training.py) keeps each word one token through the same path. `make_tiny_tokenizer` is shared with
 tests/test_text_encoder.py."""
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import pytest
 import sentencepiece as spm
 import transformers
 
-from wan22_jax.errors import CheckpointFormatError, InputError
+from wan22_jax.errors import CheckpointFormatError, ConfigError, InputError
 from wan22_jax.models.tokenizer import PromptTruncatedWarning, Tokenizer, clean_text
+from wan22_jax.models.tokenizer_training import train_tokenizer, word_pieces
 
 SENTENCES = [
     "a cat sits on the mat", "the quick brown fox jumps over the lazy dog", "un chat noir dort sur le canapé",
@@ -114,3 +116,44 @@ def test_missing_tokenizer_and_bad_arguments(tmp_path, tok_dir):
         Tokenizer(tok_dir, text_len=0)
     with pytest.raises(InputError, match="prompt 1 is a int"):
         Tokenizer(tok_dir, text_len=4)(["ok", 3])
+
+
+# ------------------------------------------------------------------ a tokenizer trained with words of two languages
+BILINGUAL = ["a red bar moving left on a black background", "黒い背景の上を左へ動く赤い棒",
+             "a blue circle moving up on a white background", "白い背景の上を上へ動く青い丸"]
+BILINGUAL_WORDS = ["a", "moving", "on", "background", "red", "blue", "bar", "circle", "left", "up", "black", "white",
+                   "背景の上を", "動く", "赤い", "青い", "棒", "丸", "左へ", "上へ", "黒い", "白い"]
+
+
+@pytest.fixture(scope="module")
+def bilingual_dir(tmp_path_factory):
+    return train_tokenizer(BILINGUAL * 4, tmp_path_factory.mktemp("bi"), vocab_size=64, words=BILINGUAL_WORDS)
+
+
+def test_word_pieces_mark_words_between_spaces_only():
+    assert word_pieces(BILINGUAL, ["red", "赤い", "上へ"]) == ["\u2581red", "赤い", "上へ"]
+    with pytest.raises(ConfigError, match="hold no whitespace"):
+        word_pieces(BILINGUAL, ["red bar"])
+
+
+def test_every_word_of_either_language_is_one_token(bilingual_dir):
+    tok = Tokenizer(bilingual_dir, text_len=16)
+    sp = spm.SentencePieceProcessor(model_file=str(bilingual_dir / "spiece.model"))
+    # the same captions with the words recombined (a held-out-like combination), through the inference path
+    for text, words in [("a blue bar moving up on a white background", 9), ("白い背景の上を上へ動く青い棒", 6),
+                        ("黒い背景の上を左へ動く赤い丸", 6)]:
+        ids, mask = tok(text)
+        n = int(mask.sum())
+        pieces = tok._tok.convert_ids_to_tokens(ids[0, :n].tolist())
+        assert ids[0, :n].tolist() == sp.encode(text) + [1]  # transformers' files agree with sentencepiece
+        assert pieces[-1] == "</s>" and tok._tok.unk_token not in pieces
+        # English: one piece per word; Japanese: sentencepiece's leading space mark, then one piece per word
+        assert len([p for p in pieces[:-1] if p != "\u2581"]) == words, pieces
+    ids, _ = tok("黒い背景の上を上へ動く赤い棒")
+    assert tok._tok.convert_ids_to_tokens(ids[0, :8].tolist()) == [
+        "\u2581", "黒い", "背景の上を", "上へ", "動く", "赤い", "棒", "</s>"]
+
+
+def test_words_need_the_unigram_model(tmp_path):
+    with pytest.raises(ConfigError, match="need model_type 'unigram'"):
+        train_tokenizer(BILINGUAL, tmp_path, model_type="word", words=["red"])

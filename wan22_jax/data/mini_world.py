@@ -1,5 +1,6 @@
 """The mini-world: short clips of one coloured shape moving in a straight line over a plain background, each with
-a template prompt ("a red circle moving left on a black background").
+a template prompt in English or Japanese ("a red circle moving left on a black background",
+"黒い背景の上を左へ動く赤い丸").
 
 A scene is (colour, shape, direction, background); everything else (start position, size, speed) is drawn from
 the clip's own random stream, so clip `i` of seed `s` is the same array at any time, in any process, at any
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -31,6 +32,18 @@ SHAPES = ("circle", "bar", "pillar")
 EXTENTS: dict[str, tuple[float, float]] = {"circle": (1.0, 1.0), "bar": (0.5, 1.6), "pillar": (1.6, 0.5)}
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 
+LANGUAGES = ("en", "ja")
+# Japanese words of each attribute, as they sit in "<背景>背景の上を<方向>動く<色><形>" (a noun phrase, like a
+# caption: "黒い背景の上を左へ動く赤い棒"). Colours as attributive adjectives (緑 takes の), the circle as the
+# everyday 丸, directions with へ.
+JA_WORDS: dict[str, str] = {
+    "red": "赤い", "green": "緑の", "blue": "青い", "yellow": "黄色い",
+    "circle": "丸", "bar": "棒", "pillar": "柱",
+    "left": "左へ", "right": "右へ", "up": "上へ", "down": "下へ",
+    "black": "黒い", "white": "白い", "gray": "灰色の"}
+# the template's fixed Japanese words (background + "on the", moving)
+JA_FILLERS = ("背景の上を", "動く")
+
 
 @dataclasses.dataclass(frozen=True)
 class Scene:
@@ -41,7 +54,23 @@ class Scene:
 
     @property
     def prompt(self) -> str:
+        """The English prompt."""
         return f"a {self.colour} {self.shape} moving {self.direction} on a {self.background} background"
+
+    @property
+    def prompt_ja(self) -> str:
+        """The Japanese prompt: the background first, the shape last ("黒い背景の上を左へ動く赤い棒")."""
+        w = JA_WORDS
+        return (f"{w[self.background]}{JA_FILLERS[0]}{w[self.direction]}{JA_FILLERS[1]}"
+                f"{w[self.colour]}{w[self.shape]}")
+
+    def caption(self, language: str = "en") -> str:
+        """The prompt in `language` ("en" or "ja")."""
+        if language == "en":
+            return self.prompt
+        if language == "ja":
+            return self.prompt_ja
+        raise InputError(f"language {language!r}: use one of {LANGUAGES}")
 
     @property
     def combo(self) -> tuple[str, str, str]:
@@ -70,9 +99,25 @@ def train_scenes() -> list[Scene]:
     return [s for s in all_scenes() if s not in held]
 
 
-def prompt_corpus() -> list[str]:
-    """Every prompt of the world (train and held-out: a tokenizer must know every word it will be asked)."""
-    return [s.prompt for s in all_scenes()]
+def prompt_corpus(languages: Sequence[str] = ("en",)) -> list[str]:
+    """Every prompt of the world in each of `languages` (train and held-out: a tokenizer must know every word
+    it will be asked)."""
+    return [s.caption(lang) for lang in languages for s in all_scenes()]
+
+
+def vocabulary(languages: Sequence[str] = LANGUAGES) -> list[str]:
+    """The words the prompts of `languages` are made of, in a fixed order: English words as they are split by
+    spaces, Japanese words as the template puts them together (Japanese has no spaces to split on)."""
+    for lang in languages:
+        if lang not in LANGUAGES:
+            raise InputError(f"language {lang!r}: use one of {LANGUAGES}")
+    attributes = (*COLOURS, *SHAPES, *DIRECTIONS, *BACKGROUNDS)
+    words: list[str] = []
+    if "en" in languages:
+        words += ["a", "moving", "on", "background", *attributes]
+    if "ja" in languages:
+        words += [*JA_FILLERS, *(JA_WORDS[k] for k in attributes)]
+    return words
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +215,8 @@ def to_uint8_frames(video: np.ndarray) -> np.ndarray:
 
 
 def scene_of_prompt(prompt: str, scenes: Sequence[Scene] | None = None) -> Scene:
+    """The scene whose English or Japanese prompt is `prompt`; InputError if none."""
     for s in scenes if scenes is not None else all_scenes():
-        if s.prompt == prompt:
+        if prompt in (s.prompt, s.prompt_ja):
             return s
     raise InputError(f"not a mini-world prompt: {prompt!r}")

@@ -12,8 +12,10 @@ Only one build is imported at a time (`official(root, f64=...)` swaps the `wan.*
 from __future__ import annotations
 
 import contextlib
+import argparse
 import json
 import re
+import time
 import shutil
 import sys
 import types
@@ -231,3 +233,34 @@ def write_case(out_dir: Path, name: str, *, component: str, description: str, ca
         meta.update(extra)
     (case / "case.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def run_makers(doc: str, cases: dict, argv=None, *, script: str | None = None) -> None:
+    """The command line every case maker shares: `--official DIR --out DIR [--only NAME ...]`.
+
+    `cases` maps a case name to `make(out_dir, name, official_root)`; each named case is regenerated from
+    scratch. `script` (e.g. "make_cases_s2v.py") is recorded as the maker in case.json when it is not the
+    default `make_cases.py`.
+    """
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--official", required=True, help="local copy of the official Wan2.2 code (holds wan/)")
+    ap.add_argument("--out", required=True, help="folder to write the case folders into")
+    ap.add_argument("--only", nargs="*", default=None, help="case names to (re)generate (default: all)")
+    args = ap.parse_args(argv)
+    names = args.only or list(cases)
+    unknown = sorted(set(names) - set(cases))
+    if unknown:
+        ap.error(f"unknown case(s) {unknown}; known: {sorted(cases)}")
+    out = Path(args.out)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    for name in names:
+        t0 = time.time()
+        shutil.rmtree(out / name, ignore_errors=True)
+        cases[name](out, name, args.official)
+        meta_path = out / name / "case.json"
+        meta = json.loads(meta_path.read_text())
+        if script is not None and "make_cases.py" in meta.get("generated_by", ""):
+            meta["generated_by"] = meta["generated_by"].replace("make_cases.py", script)
+            meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+        print(f"{name:32s} drift {meta['float64_drift']:.3e} tol "
+              f"{meta['tolerance']['max_abs_over_max_ref']:.3e} ({time.time() - t0:.1f}s)", flush=True)

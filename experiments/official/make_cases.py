@@ -11,10 +11,8 @@ The official code is read from --official (a local copy); nothing of it is writt
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -392,24 +390,7 @@ def all_cases():
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--official", required=True, help="local copy of the official Wan2.2 code (holds wan/)")
-    ap.add_argument("--out", required=True, help="folder to write the case folders into")
-    ap.add_argument("--only", nargs="*", default=None, help="case names to (re)generate (default: all)")
-    args = ap.parse_args(argv)
-    cases = all_cases()
-    names = args.only or list(cases)
-    unknown = sorted(set(names) - set(cases))
-    if unknown:
-        ap.error(f"unknown case(s) {unknown}; known: {sorted(cases)}")
-    out = Path(args.out)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    for name in names:
-        t0 = time.time()
-        cases[name](out, name, args.official)
-        meta = json.loads((out / name / "case.json").read_text())
-        print(f"{name:32s} drift {meta['float64_drift']:.3e} tol "
-              f"{meta['tolerance']['max_abs_over_max_ref']:.3e} ({time.time() - t0:.1f}s)", flush=True)
+    ct.run_makers(__doc__, all_cases(), argv)
 
 
 if __name__ == "__main__":

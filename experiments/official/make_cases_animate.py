@@ -21,7 +21,7 @@ Cases (each < 1 MB):
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import shutil
 import sys
@@ -209,21 +209,8 @@ def all_cases():
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--official", required=True, help="local copy of the official Wan2.2 code (holds wan/)")
-    ap.add_argument("--out", required=True, help="folder to write the case folders into")
-    ap.add_argument("--only", nargs="*", default=None, help="case names to (re)generate (default: all)")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(2)
-    for name, kw in all_cases().items():
-        if args.only and name not in args.only:
-            continue
-        if (Path(args.out) / name).exists():
-            shutil.rmtree(Path(args.out) / name)
-        animate_dit_case(Path(args.out), name, args.official, **kw)
-        case = json.loads((Path(args.out) / name / "case.json").read_text())
-        print(f"{name}: float64_drift {case['float64_drift']:.3e} tolerance "
-              f"{case['tolerance']['max_abs_over_max_ref']:.3e}")
+    cases = {name: functools.partial(animate_dit_case, **kw) for name, kw in all_cases().items()}
+    ct.run_makers(__doc__, cases, argv)
 
 
 if __name__ == "__main__":

@@ -23,12 +23,10 @@ fix); `_s2v_modules` adds `copy=True` there in the float64 copy only.
 
 from __future__ import annotations
 
-import argparse
 import importlib.machinery
 import json
 import shutil
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -240,24 +238,7 @@ def s2v_cases():
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--official", required=True, help="local copy of the official Wan2.2 code (holds wan/)")
-    ap.add_argument("--out", required=True, help="folder to write the case folders into")
-    ap.add_argument("--only", nargs="*", default=None, help="case names to (re)generate (default: all)")
-    args = ap.parse_args(argv)
-    cases = s2v_cases()
-    names = args.only or list(cases)
-    unknown = sorted(set(names) - set(cases))
-    if unknown:
-        ap.error(f"unknown case(s) {unknown}; known: {sorted(cases)}")
-    for name in names:
-        t0 = time.time()
-        cases[name](Path(args.out), name, args.official)
-        meta = json.loads((Path(args.out) / name / "case.json").read_text())
-        meta["generated_by"] = meta["generated_by"].replace("make_cases.py", "make_cases_s2v.py")
-        (Path(args.out) / name / "case.json").write_text(json.dumps(meta, indent=2) + "\n")
-        print(f"{name:32s} drift {meta['float64_drift']:.3e} tol {meta['tolerance']['max_abs_over_max_ref']:.3e} "
-              f"({time.time() - t0:.1f}s)", flush=True)
+    ct.run_makers(__doc__, s2v_cases(), argv, script="make_cases_s2v.py")
 
 
 if __name__ == "__main__":

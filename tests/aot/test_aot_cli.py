@@ -24,7 +24,8 @@ def test_help_lists_the_options(capsys):
         main(["aot", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--target", "--task", "--program", "--mesh", "--attention", "--dtype", "--json", "--frames"):
+    for option in ("--target", "--task", "--program", "--mesh", "--attention", "--conv", "--dtype", "--json",
+                   "--frames"):
         assert option in out
 
 
@@ -139,3 +140,13 @@ def test_vae_decode_program_holds_each_convolution_once(name):
     decoder = nnx.merge(graphdef, state).decoder
     modules = sum(isinstance(m, (CausalConv3d, Conv2d)) for _, m in nnx.iter_graph(decoder))
     assert convs(1) == convs(5) < modules
+
+
+def test_dots_convolutions_leave_no_convolution_instruction():
+    # `--conv dots` exists for TPU compile time (each convolution instruction is lowered on its own, for seconds):
+    # the decode program must then hold matmuls only
+    cfg = vae_preset("tiny2.2")
+    graphdef, state = abstract_vae(cfg, kernels=Kernels(conv="dots"))
+    latent = jax.ShapeDtypeStruct((1, cfg.z_dim, 2, 4, 6), jnp.float32)
+    text = jax.jit(lambda s, z: vae_decode(graphdef, s, z)).lower(state, latent).as_text()
+    assert "stablehlo.convolution" not in text and "stablehlo.dot_general" in text

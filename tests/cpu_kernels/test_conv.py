@@ -5,23 +5,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cpu_extra import require
 from flax import nnx
 
-from cpu_extra import require
 from wan22_jax.cpu_kernels import conv as cpu_conv
 from wan22_jax.models.vae import random_vae
 from wan22_jax.models.vae_config import preset
 from wan22_jax.ops import Kernels, conv3d, with_kernels
+from wan22_jax.verify import relative_error as rel_err
 
 
 @pytest.fixture(autouse=True)
 def onednn():
     require(cpu_conv, "onednn-devel-cpu-gomp")
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def _conv64(x, k, strides, padding):

@@ -8,23 +8,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cpu_extra import require
 from flax import nnx
 
-from cpu_extra import require
 from wan22_jax.cpu_kernels import sgemm as cpu_sgemm
 from wan22_jax.models.dit import DIT_PRESETS, WanModel
 from wan22_jax.ops import Kernels, attention, matmul, with_kernels
 from wan22_jax.ops.attention import _dense
+from wan22_jax.verify import relative_error as rel_err
 
 
 @pytest.fixture(autouse=True)
 def mkl():
     require(cpu_sgemm, "mkl")
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def _x(rng, *shape):

@@ -6,18 +6,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from dit_reference import official_forward, official_state_dict
 from flax import nnx
 
-from dit_reference import official_forward, official_state_dict
 from wan22_jax.convert.dit import OFFICIAL, convert_dit
 from wan22_jax.errors import InputError
 from wan22_jax.io.tensor_source import DictSource
-from wan22_jax.ops import Kernels, with_kernels
 from wan22_jax.models.dit import DIT_PRESETS, WanModel, padding_key_bias
-
-
-def rel_err(a, b):
-    return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / np.max(np.abs(b)))
+from wan22_jax.ops import Kernels, with_kernels
+from wan22_jax.verify import relative_error as rel_err
 
 
 def _model(cfg, seed=0, **kw):

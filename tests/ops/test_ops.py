@@ -12,10 +12,22 @@ from flax import nnx
 
 from wan22_jax.errors import ConfigError
 from wan22_jax.models.dit import DIT_PRESETS, WanModel
-from wan22_jax.models.t5 import PRESETS as T5_PRESETS, T5Encoder
+from wan22_jax.models.t5 import PRESETS as T5_PRESETS
+from wan22_jax.models.t5 import T5Encoder
 from wan22_jax.models.vae import build_vae
 from wan22_jax.models.vae_config import preset
-from wan22_jax.ops import XLA, Kernels, attention, conv3d, kernels_of, matmul, parse_cpu_kernels, with_kernels
+from wan22_jax.ops import (
+    XLA,
+    Kernels,
+    attention,
+    conv2d,
+    conv3d,
+    kernels_of,
+    matmul,
+    parse_cpu_kernels,
+    with_kernels,
+)
+from wan22_jax.verify import relative_error as rel_err
 
 
 def _precisions(text: str, op: str) -> set[str]:
@@ -62,6 +74,7 @@ def test_fp32_products_run_at_highest_precision_bf16_at_default():
         assert _precisions(lower(matmul, a, w), "dot_general") == want
         assert _precisions(lower(lambda q: attention(q, q, q), q), "dot_general") == want
         assert _precisions(lower(lambda x, k: conv3d(x, k, dtype=dtype), x, k), "convolution") == want
+        assert _precisions(lower(lambda x, k: conv3d(x, k, dtype=dtype, impl="dots"), x, k), "dot_general") == want
 
 
 def test_blocked_attention_is_also_at_highest_precision():
@@ -75,19 +88,19 @@ def test_blocked_attention_is_also_at_highest_precision():
 def test_default_models_lower_to_plain_xla(build):
     """With the default kernels no model program holds a custom call (the path accelerators run, on CPU too)."""
     if build == "dit":
-        model = WanModel(DIT_PRESETS["tiny-t2v"], rngs=nnx.Rngs(0))
+        model = nnx.eval_shape(lambda: WanModel(DIT_PRESETS["tiny-t2v"], rngs=nnx.Rngs(0)))
         args = (jnp.ones((1, 16, 1, 4, 4)), jnp.array([500.0]), jnp.ones((1, 5, 48)))
         fn = lambda g, s, *a: nnx.merge(g, s)(*a)  # noqa: E731
     elif build == "t5":
-        model = T5Encoder(dataclasses.replace(T5_PRESETS["tiny"]), dtype=jnp.float32, param_dtype=jnp.float32,
-                          rngs=nnx.Rngs(0))
+        model = nnx.eval_shape(lambda: T5Encoder(dataclasses.replace(T5_PRESETS["tiny"]), dtype=jnp.float32,
+                                                 param_dtype=jnp.float32, rngs=nnx.Rngs(0)))
         args = (jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32))
         fn = lambda g, s, *a: nnx.merge(g, s)(*a)  # noqa: E731
     else:
-        model = build_vae(preset("tiny2.2"))
+        model = nnx.eval_shape(lambda: build_vae(preset("tiny2.2")))
         args = (jnp.ones((1, 2, 2, 2, 48)),)
         fn = lambda g, s, z: nnx.merge(g, s).decode_frames(z)  # noqa: E731
-    graphdef, state = nnx.split(model)
+    graphdef, state = nnx.split(model)  # abstract parameters: lowering needs shapes only
     text = jax.jit(fn, static_argnums=0).lower(graphdef, state, *args).as_text()
     assert "custom_call" not in text
     assert _precisions(text, "dot_general") == {"HIGHEST"}  # fp32 models: every product at full precision
@@ -102,3 +115,21 @@ def test_cpu_choice_without_a_kernel_falls_back_to_the_same_numbers():
                                   np.asarray(matmul(a, w), np.float32))
     with pytest.raises(ValueError, match="unknown matmul implementation 'mkl'"):
         matmul(a, w, impl="mkl")
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dots_convolutions_equal_xla_with_their_gradients(stride):
+    # "dots" (per-tap matmuls, for TPU compile time) against one XLA convolution: batch 2, time stride (the VAE
+    # encoder's downsample3d), the zero-padded stride-2 2-D form (downsample2d), and the backward pass
+    rng = np.random.default_rng(stride)
+    x = jnp.asarray(rng.standard_normal((2, 7, 6, 5, 3)), jnp.float32)
+    for k in ((3, 3, 3, 3, 4), (3, 1, 1, 3, 4), (1, 1, 1, 3, 4)):
+        kernel = jnp.asarray(rng.standard_normal(k), jnp.float32)
+        loss = lambda x, k, impl: (conv3d(x, k, stride_t=stride, impl=impl) ** 2).sum()  # noqa: E731
+        ref, got = (jax.value_and_grad(loss, argnums=(0, 1))(x, kernel, impl) for impl in ("xla", "dots"))
+        assert rel_err(got[0], ref[0]) < 1e-6, k
+        assert all(rel_err(g, r) < 1e-6 for g, r in zip(got[1], ref[1], strict=True)), k
+    padding = ((1, 1), (1, 1)) if stride == 1 else ((0, 1), (0, 1))
+    frames, kernel = x.reshape(-1, 6, 5, 3), jnp.asarray(rng.standard_normal((3, 3, 3, 4)), jnp.float32)
+    ref, got = (conv2d(frames, kernel, stride=stride, padding=padding, impl=impl) for impl in ("xla", "dots"))
+    assert got.shape == ref.shape and rel_err(got, ref) < 1e-6

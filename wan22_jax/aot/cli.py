@@ -22,20 +22,25 @@ import numpy as np
 from jax.sharding import Mesh
 
 from wan22_jax.aot.compile import compile_stage, format_report
-from wan22_jax.aot.conditioned import CONDITIONED_TASKS, ConditionedPlan, conditioned_stages
+from wan22_jax.aot.conditioned import (
+    CONDITIONED_TASKS,
+    ConditionedPlan,
+    conditioned_stages,
+)
 from wan22_jax.aot.programs import PROGRAMS, Plan, models_for, stages
 from wan22_jax.aot.targets import AotError, make_devices, parse_target
 from wan22_jax.configs import TASKS, get_task
 from wan22_jax.errors import ConfigError, InputError
 from wan22_jax.models.vae_tiling import Tiling
 from wan22_jax.ops import Kernels
-from wan22_jax.ops.kernels import ATTENTIONS
+from wan22_jax.ops.kernels import ATTENTIONS, CONVS
 from wan22_jax.ops.quant import WEIGHT_MODES
 from wan22_jax.sharding.rules import MESH_AXES, parse_mesh_spec
 from wan22_jax.training.config import REMAT_POLICIES, TrainConfig
 from wan22_jax.training.lora import LoraConfig
 
 ATTENTION_KERNELS = tuple(a for a in ATTENTIONS if a != "cpu")  # the CPU kernels never run on a target
+CONV_KERNELS = tuple(c for c in CONVS if c != "cpu")
 DTYPES = {"bf16": jnp.bfloat16, "fp32": jnp.float32}
 
 
@@ -54,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"mesh spec over the target's devices, axes {', '.join(MESH_AXES)} (default: fsdp=all)")
     p.add_argument("--attention", default="xla", choices=ATTENTION_KERNELS,
                    help="attention kernel: cudnn for NVIDIA, splash for TPU, xla anywhere")
+    p.add_argument("--conv", default="xla", choices=CONV_KERNELS,
+                   help="VAE convolutions: xla (one convolution each), or dots (a scan of per-tap matmuls: "
+                        "compiles several times faster for TPUs; ops/conv.py)")
     p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     p.add_argument("--weights", default=None, choices=WEIGHT_MODES,
                    help="weight-only quantised DiT and text-encoder Linears (default: --dtype weights)")
@@ -86,6 +94,10 @@ def _size(text: str | None, task) -> tuple[int, int]:
     return w, h
 
 
+def _kernels(args: argparse.Namespace) -> Kernels:
+    return Kernels(attention=args.attention, conv=args.conv)
+
+
 def _mesh(args: argparse.Namespace, devices: list) -> Mesh:
     sizes = parse_mesh_spec(args.mesh or f"fsdp={len(devices)}", len(devices))
     return Mesh(np.array(devices).reshape(tuple(sizes.values())), tuple(sizes))
@@ -96,7 +108,7 @@ def make_conditioned_plan(args: argparse.Namespace, devices: list) -> Conditione
     task = CONDITIONED_TASKS[args.task]
     width, height = _size(args.size, task)
     return ConditionedPlan(task, args.models, width, height, args.frames or task.frames, DTYPES[args.dtype],
-                           Kernels(attention=args.attention), _mesh(args, devices), steps=args.steps,
+                           _kernels(args), _mesh(args, devices), steps=args.steps,
                            weights=args.weights)
 
 
@@ -120,7 +132,7 @@ def make_plan(args: argparse.Namespace, devices: list) -> Plan | ConditionedPlan
     if batch < 1:
         raise InputError(f"--train-batch {batch}: must be >= 1")
     return Plan(task, models_for(task, args.models), width, height, args.frames or task.frame_num,
-                DTYPES[args.dtype], Kernels(attention=args.attention), mesh, steps=args.steps, image=args.image,
+                DTYPES[args.dtype], _kernels(args), mesh, steps=args.steps, image=args.image,
                 vae_tiling=tiling, offload_experts=args.offload_experts, weights=args.weights, train=train,
                 train_batch=batch, lora=dataclasses.replace(LoraConfig(), rank=args.lora_rank, alpha=float(args.lora_rank)))
 
@@ -136,7 +148,8 @@ def main(args: argparse.Namespace) -> int:
     mesh_text = ",".join(f"{k}={v}" for k, v in plan.mesh.shape.items() if v > 1) or "one device"
     weights = f" ({args.weights} weights)" if args.weights else ""
     print(f"{args.task} {plan.width}x{plan.height}x{plan.frames} {args.dtype}{weights} on {target.name} "
-          f"({len(devices)} x {devices[0].device_kind}, mesh {mesh_text}, attention {args.attention}): "
+          f"({len(devices)} x {devices[0].device_kind}, mesh {mesh_text}, attention {args.attention}"
+          f"{'' if args.conv == 'xla' else ', conv ' + args.conv}): "
           f"{args.program}", flush=True)
     reports = []
     try:
@@ -155,7 +168,7 @@ def main(args: argparse.Namespace) -> int:
           f"{target.memory / 2**30:.2f} GiB per device")
     if args.json:
         doc = {"command": " ".join(sys.argv), "target": target.name, "task": args.task, "program": args.program,
-               "mesh": dict(plan.mesh.shape), "attention": args.attention, "dtype": args.dtype, "weights": args.weights,
+               "mesh": dict(plan.mesh.shape), "attention": args.attention, "conv": args.conv, "dtype": args.dtype, "weights": args.weights,
                "size": [plan.width, plan.height, plan.frames], "fits": fits,
                "stages": [r.to_json() for r in reports]}
         text = json.dumps(doc, indent=1)

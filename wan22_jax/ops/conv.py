@@ -9,6 +9,12 @@
 * "im2col": the kernel's taps gathered into channels and one matmul. On CPU, for narrow layers (the mini-world VAE,
   width 16) it trains ~7x faster: XLA:CPU's convolution gradients are far from its GEMM speed
   (experiments/mini_world/README.md). It holds taps x channels of activations: keep it to narrow models.
+* "dots": the kernel's last (width) taps gathered into channels, its other taps a `lax.scan` of matmuls summed in
+  fp32. For TPU compile time: the TPU compiler lowers each convolution instruction into machine code specialised
+  for its whole window and shape (4-25 s each for the Wan2.2 decoder's layers at 720p, several minutes for a
+  decode), a matmul in 1.5-8 s (docs/aot.md, "VAE decode compile time"). It reads the input ~3 x taps times
+  instead of once, so on a TPU it is memory-bound for narrow fp32-free layers (bf16, <= 512 channels) and about
+  as fast as a convolution for wide or fp32 ones (HIGHEST precision makes the matmuls compute-bound).
 * "cpu": oneDNN's convolution (wan22_jax.cpu_kernels.conv) where it applies (fp32, CPU, one device, no mesh),
   "xla" elsewhere; if the kernel cannot load, one warning and "xla".
 
@@ -50,6 +56,53 @@ def _im2col(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> jax.Arra
                       precision=precision_for(patches, kernel))
 
 
+def _tap_dots(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> jax.Array:
+    """Valid convolution as loops of matmuls: x [B, *S, I] (already padded), kernel [*K, I, O] -> [B, *out, O].
+
+    One output frame at a time (a 3-D kernel: its time taps a scan over single input frames) or one image at a time
+    (2-D), so that the gathered copy of the input below is a frame's, not the whole chunk's.
+    """
+    out = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:-1], kernel.shape[:-2], strides, strict=True)]
+    if kernel.ndim == 4:  # 2-D: one image at a time
+        return lax.map(lambda xi: _frame_taps(xi[None], kernel, strides)[0], x).astype(x.dtype)
+    kt, st = kernel.shape[0], strides[0]
+
+    def frame(t):
+        def time_tap(acc, i):
+            xi = lax.dynamic_slice_in_dim(x, t * st + i, 1, axis=1)[:, 0]
+            return acc + _frame_taps(xi, lax.dynamic_index_in_dim(kernel, i, keepdims=False), strides[1:]), None
+        zero = jnp.zeros((x.shape[0], *out[1:], kernel.shape[-1]), jnp.float32)
+        return lax.scan(time_tap, zero, jnp.arange(kt))[0].astype(x.dtype)
+
+    return jnp.moveaxis(lax.map(frame, jnp.arange(out[0])), 0, 1)  # [To, B, ...] -> [B, To, ...]
+
+
+def _frame_taps(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> jax.Array:
+    """Valid 2-D convolution of frames x [B, H, W, I] (padded) with kernel [kh, kw, I, O], summed in fp32.
+
+    The width taps are gathered into channels (kw x the frames: slices along the minor spatial axis are the costly
+    ones on a TPU, so they happen once); the height taps are a scan of dynamic slices along a major axis, each one
+    matmul added to the fp32 sum.
+    """
+    (kh, kw), (sh, sw) = kernel.shape[:2], strides
+    oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    cols = [lax.slice_in_dim(x, j, j + (ow - 1) * sw + 1, sw, axis=2) for j in range(kw)]
+    xg = cols[0] if kw == 1 else jnp.concatenate(cols, axis=-1)  # [B, H, ow, kw * I], tap-major
+    kg = kernel.reshape(kh, kw * kernel.shape[2], kernel.shape[3])
+    precision = precision_for(x, kernel)
+
+    def row_tap(acc, i):
+        rows = lax.dynamic_slice_in_dim(xg, i, (oh - 1) * sh + 1, axis=1)[:, ::sh]
+        k = lax.dynamic_index_in_dim(kg, i, keepdims=False)
+        return acc + jnp.einsum("...k,ko->...o", rows, k, precision=precision,
+                                preferred_element_type=jnp.float32), None
+
+    zero = jnp.zeros((x.shape[0], oh, ow, kernel.shape[-1]), jnp.float32)
+    if kh == 1:
+        return row_tap(zero, 0)[0]
+    return lax.scan(row_tap, zero, jnp.arange(kh))[0]
+
+
 def conv3d(x: jax.Array, kernel: jax.Array, *, stride_t: int = 1, dtype=jnp.float32,
            impl: str = "xla") -> jax.Array:
     """Convolution valid in time, 'same' in space (kernel sizes are odd), channels-last.
@@ -69,6 +122,8 @@ def conv3d(x: jax.Array, kernel: jax.Array, *, stride_t: int = 1, dtype=jnp.floa
     if impl == "im2col":
         x = jnp.pad(x, ((0, 0), (0, 0), *space, (0, 0)))
         return _im2col(x, kernel, (stride_t, 1, 1))
+    if impl == "dots":
+        return _tap_dots(jnp.pad(x, ((0, 0), (0, 0), *space, (0, 0))), kernel, (stride_t, 1, 1))
     if impl == "taps" and stride_t == 1 and kh > 1 and h * w >= TAPS_MIN_PIXELS:
         t_out = t - kt + 1
         out = None
@@ -94,5 +149,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding, dtype=j
     if impl == "im2col":
         x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
         return _im2col(x, kernel, (stride, stride))
+    if impl == "dots":
+        return _tap_dots(jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0))), kernel, (stride, stride))
     return lax.conv_general_dilated(x, kernel, window_strides=(stride, stride), padding=padding,
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision_for(x))

@@ -27,8 +27,9 @@ MATMULS = ("xla", "cpu")
 # "splash": the Pallas splash-attention TPU kernel; "cpu": the fused MKL kernel (wan22_jax.cpu_kernels).
 ATTENTIONS = ("xla", "dot_product", "cudnn", "splash", "cpu")
 # "xla": one XLA convolution; "taps": a 3x3x3 conv as three 2-D convs (faster on XLA:CPU for large frames);
-# "im2col": taps gathered into channels, one matmul (fast gradients for narrow layers on CPU); "cpu": oneDNN.
-CONVS = ("xla", "taps", "im2col", "cpu")
+# "im2col": taps gathered into channels, one matmul (fast gradients for narrow layers on CPU); "dots": a scan of
+# per-tap matmuls (compiles several times faster than a convolution for TPUs); "cpu": oneDNN.
+CONVS = ("xla", "taps", "im2col", "dots", "cpu")
 CPU_OPS = ("matmul", "attention", "conv")
 
 

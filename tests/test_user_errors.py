@@ -344,6 +344,9 @@ def test_table_size():
 
 
 # ---- interrupts
+# slow (~30 s: two training subprocesses); tests/training/test_resume.py (slow too) also interrupts
+# `wan22 train` with SIGINT and checks the saved checkpoint resumes to the uninterrupted run's state
+@pytest.mark.slow
 def test_sigint_during_training_saves_a_checkpoint_and_resume_says_so(tmp_path):
     cfg = {**TINY_RUN, "out_dir": str(tmp_path / "run"), "steps": 100000, "checkpoint": {"every": 100000},
            "eval": {"every": 100000}}

@@ -13,8 +13,8 @@ t >= boundary x 1000: boundary 0 gives it every step, 1 none). Writes ablations.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -23,9 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from wan22_jax.data.mini_world import held_out_scenes
+from wan22_jax.data.mini_world import MiniWorld, held_out_scenes
 from wan22_jax.data.prompt_following import accuracy, generate_rows
 from wan22_jax.pipeline import Wan22Pipeline
+from wan22_jax.training.config import TrainConfig
+from wan22_jax.training.step import init_state, make_train_step
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import pyplot, save_figure, write_csv  # noqa: E402
 
 SHIFTS = [1.0, 2.0, 3.0, 5.0, 8.0, 12.0]
 GUIDANCE = [1.0, 2.0, 3.0, 4.0, 6.0, 9.0]
@@ -41,10 +46,6 @@ def measure(pipe, scenes, **call) -> dict:
 
 def two_expert_pipeline(pipe, steps: int, seed: int = 0):
     """(high-noise expert state, low-noise expert state), each fine-tuned from the pipeline's DiT on its side."""
-    from wan22_jax.data.mini_world import MiniWorld
-    from wan22_jax.training.config import TrainConfig
-    from wan22_jax.training.step import init_state, make_train_step
-
     graphdef, state = pipe.experts["model"]
     h, w = pipe.task.size[1], pipe.task.size[0]
     world = MiniWorld(height=h, width=w, frames=pipe.task.frame_num, seed=11)
@@ -95,18 +96,13 @@ def main() -> None:
         acc = measure(moe, scenes)
         rows.append({"ablation": "boundary", "value": bnd, **{k: f"{a:.3f}" for k, a in acc.items()}})
         print(rows[-1], flush=True)
-    with open(out / "ablations.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "ablations.csv", rows)
     plot(rows, out / "ablations.png", pipe.task)
     print(f"took {time.perf_counter() - t0:.0f} s")
 
 
 def plot(rows, path: Path, task) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import matplotlib.ticker
     defaults = {"shift": task.sample_shift, "guidance": task.guide_scale[0], "steps": task.sample_steps,
                 "boundary": None}
@@ -126,9 +122,7 @@ def plot(rows, path: Path, task) -> None:
         ax.set_ylim(0, 1.02)
     axes[0].set_ylabel("held-out accuracy")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

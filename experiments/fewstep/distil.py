@@ -26,9 +26,9 @@ Writes fewstep.csv (a row per configuration and split), distil_loss.csv, fewstep
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -45,6 +45,9 @@ from wan22_jax.lora.ours import save_adapters
 from wan22_jax.pipeline import Wan22Pipeline, validate_request
 from wan22_jax.pipeline.files import default_checkpoint
 from wan22_jax.training.lora import apply_lora, init_lora
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import pyplot, save_figure, write_csv  # noqa: E402
 
 STUDENT = "lightning-4step"
 TEACHER_STEPS = 50
@@ -198,17 +201,12 @@ def main() -> None:
                             "seconds": round(time.perf_counter() - t1, 1)})
             print(results[-1], flush=True)
     for name, table in (("fewstep.csv", results), ("distil_loss.csv", log)):
-        with open(out / name, "w", newline="") as f:
-            w = csv.DictWriter(f, list(table[0]))
-            w.writeheader()
-            w.writerows(table)
+        write_csv(out / name, table)
     plot(results, out / "fewstep.png")
 
 
 def plot(rows, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     series = [("student", "lightning", "o-", "student (4-step LoRA), euler shift 5, no CFG"),
               ("teacher", "lightning", "s--", "teacher, euler shift 5, no CFG"),
@@ -229,9 +227,7 @@ def plot(rows, path: Path) -> None:
         ax.set_xlabel("sampling steps")
         ax.set_title(label, fontsize=9)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

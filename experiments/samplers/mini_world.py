@@ -13,7 +13,7 @@ Writes mini_world_samplers.csv and mini_world_samplers.png (error and accuracy v
 from __future__ import annotations
 
 import argparse
-import csv
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +22,9 @@ import numpy as np
 from wan22_jax.data.mini_world import held_out_scenes
 from wan22_jax.data.prompt_following import accuracy, detect_rows
 from wan22_jax.pipeline import Wan22Pipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import pyplot, save_figure, write_csv  # noqa: E402
 
 SAMPLERS = {"euler": 1, "heun": 2, "rk4": 4, "dpm++": 1, "unipc": 1}
 STEPS = [4, 6, 8, 10, 15, 20, 30, 50]
@@ -53,18 +56,13 @@ def main() -> None:
             rows.append({"sampler": name, "steps": steps, "nfe": nfe, "rel_err": f"{err:.4g}",
                          **{f"acc_{k}": f"{v:.3f}" for k, v in acc.items()}})
             print(rows[-1], flush=True)
-    with open(out / "mini_world_samplers.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "mini_world_samplers.csv", rows)
     plot(rows, out / "mini_world_samplers.png", args.ref_steps)
     print(f"took {time.perf_counter() - t0:.0f} s")
 
 
 def plot(rows, path: Path, ref_steps: int) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for name in SAMPLERS:
         r = [x for x in rows if x["sampler"] == name]
@@ -79,9 +77,7 @@ def plot(rows, path: Path, ref_steps: int) -> None:
     b.set_ylim(0, 1.02)
     b.set_title("detector accuracy vs NFE")
     a.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -88,31 +88,21 @@ def test_tiny_checkpoint_maps_and_config_reads(tmp_path):
     _check_tiny(_tiny_state())
 
 
-def test_missing_blur_buffer_is_named():
+@pytest.mark.parametrize("key, shape, match", [
+    # shape None: the tensor is removed; else it is added or replaced by zeros of that shape
+    ("motion_encoder.enc.net_app.convs.1.skip.0.kernel", None, r"missing 1 tensor.*convs\.1\.skip\.0\.kernel"),
+    ("face_adapter.fuser_blocks.1.linear2.weight", (32, 32), r"unexpected.*fuser_blocks\.1\.linear2\.weight"),
+    ("blocks.3.cross_attn.k_img.weight", (32, 16), r"blocks\.3\.cross_attn\.k_img\.weight"),
+    # the direction rows must match the motion encoder's dim
+    ("motion_encoder.dec.direction.weight", (12, 8), r"direction\.weight.*\(12, 8\)"),
+], ids=["missing_blur_buffer", "unexpected_key", "wrong_shape", "direction_rows"])
+def test_bad_tiny_checkpoint_is_named(key, shape, match):
     sd = _tiny_state()
-    del sd["motion_encoder.enc.net_app.convs.1.skip.0.kernel"]
-    with pytest.raises(WeightMappingError, match=r"missing 1 tensor.*convs\.1\.skip\.0\.kernel"):
-        _check_tiny(sd)
-
-
-def test_unexpected_key_is_named():
-    sd = _tiny_state()
-    sd["face_adapter.fuser_blocks.1.linear2.weight"] = np.zeros((32, 32), np.float32)
-    with pytest.raises(WeightMappingError, match=r"unexpected.*fuser_blocks\.1\.linear2\.weight"):
-        _check_tiny(sd)
-
-
-def test_wrong_shape_is_named():
-    sd = _tiny_state()
-    sd["blocks.3.cross_attn.k_img.weight"] = np.zeros((32, 16), np.float32)
-    with pytest.raises(WeightMappingError, match=r"blocks\.3\.cross_attn\.k_img\.weight"):
-        _check_tiny(sd)
-
-
-def test_direction_rows_must_match_motion_encoder_dim():
-    sd = _tiny_state()
-    sd["motion_encoder.dec.direction.weight"] = np.zeros((12, 8), np.float32)
-    with pytest.raises(WeightMappingError, match=r"direction\.weight.*\(12, 8\)"):
+    if shape is None:
+        del sd[key]
+    else:
+        sd[key] = np.zeros(shape, np.float32)
+    with pytest.raises(WeightMappingError, match=match):
         _check_tiny(sd)
 
 
@@ -122,19 +112,13 @@ def _copy_case(tmp_path):
     return dst
 
 
-def test_config_without_image_branch_is_refused(tmp_path):
+@pytest.mark.parametrize("field, value", [("use_img_emb", False), ("use_magic", 1)],
+                         ids=["without_image_branch", "unknown_field"])
+def test_bad_config_is_refused(tmp_path, field, value):
     folder = _copy_case(tmp_path)
     conf = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**conf, "use_img_emb": False}))
-    with pytest.raises(ConfigError, match="use_img_emb"):
-        read_animate_config(folder, SafetensorsSource.from_folder(folder))
-
-
-def test_unknown_config_field_is_refused(tmp_path):
-    folder = _copy_case(tmp_path)
-    conf = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**conf, "use_magic": 1}))
-    with pytest.raises(ConfigError, match="use_magic"):
+    (folder / "config.json").write_text(json.dumps({**conf, field: value}))
+    with pytest.raises(ConfigError, match=field):
         read_animate_config(folder, SafetensorsSource.from_folder(folder))
 
 

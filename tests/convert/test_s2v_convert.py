@@ -59,24 +59,21 @@ def _dit_expected(cfg):
     return flat_state(abstract_s2v(cfg)[1])
 
 
-def test_s2v_missing_injector_key_is_named():
+@pytest.mark.parametrize("key, shape, match", [
+    # shape None: the tensor is removed; else it is added or replaced by zeros of that shape
+    ("audio_injector.injector.1.norm_k.weight", None,
+     r"missing 1 tensor.*audio_injector\.injector\.1\.norm_k\.weight"),
+    ("motioner.zip_motion_out.1.weight", (2, 2), r"unexpected.*motioner\.zip_motion_out\.1\.weight"),
+    ("frame_packer.proj_4x.weight", (32, 16, 2, 8, 8),
+     r"'frame_packer\.proj_4x\.weight' has shape \(32, 16, 2, 8, 8\)"),
+], ids=["missing_injector_key", "unexpected_key", "wrong_shape"])
+def test_s2v_bad_checkpoint_is_named(key, shape, match):
     sd, cfg = _dit_sd()
-    del sd["audio_injector.injector.1.norm_k.weight"]
-    with pytest.raises(WeightMappingError, match=r"missing 1 tensor.*audio_injector\.injector\.1\.norm_k\.weight"):
-        check(s2v_table(cfg), DictSource(sd), _dit_expected(cfg))
-
-
-def test_s2v_unexpected_key_is_named():
-    sd, cfg = _dit_sd()
-    sd["motioner.zip_motion_out.1.weight"] = np.zeros((2, 2), np.float32)
-    with pytest.raises(WeightMappingError, match=r"unexpected.*motioner\.zip_motion_out\.1\.weight"):
-        check(s2v_table(cfg), DictSource(sd), _dit_expected(cfg))
-
-
-def test_s2v_wrong_shape_is_named():
-    sd, cfg = _dit_sd()
-    sd["frame_packer.proj_4x.weight"] = np.zeros((32, 16, 2, 8, 8), np.float32)
-    with pytest.raises(WeightMappingError, match=r"'frame_packer\.proj_4x\.weight' has shape \(32, 16, 2, 8, 8\)"):
+    if shape is None:
+        del sd[key]
+    else:
+        sd[key] = np.zeros(shape, np.float32)
+    with pytest.raises(WeightMappingError, match=match):
         check(s2v_table(cfg), DictSource(sd), _dit_expected(cfg))
 
 

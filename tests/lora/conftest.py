@@ -30,12 +30,17 @@ def base_sd():
     return official_state_dict(CFG, np.random.default_rng(0))
 
 
-def factors(rng, sd, module, rank):
-    """(down [rank, in], up [out, rank]) for the Linear `module` of `sd`."""
-    out_dim, in_dim = sd[f"{module}.weight"].shape
+def shape_factors(rng, shape, rank):
+    """(down [rank, in], up [out, rank]) random LoRA factors for a Linear of weight shape (out, in)."""
+    out_dim, in_dim = shape
     down = rng.standard_normal((rank, in_dim)).astype(np.float32) / np.sqrt(in_dim)
     up = 0.3 * rng.standard_normal((out_dim, rank)).astype(np.float32)
     return down, up
+
+
+def factors(rng, sd, module, rank):
+    """(down [rank, in], up [out, rank]) for the Linear `module` of `sd`."""
+    return shape_factors(rng, sd[f"{module}.weight"].shape, rank)
 
 
 def write(path, tensors, metadata=None):

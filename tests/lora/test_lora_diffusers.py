@@ -26,7 +26,7 @@ from wan22_jax.lora.load import read_lora
 from wan22_jax.lora.ours import LoraConfig
 from wan22_jax.training.lora import apply_lora, init_lora
 
-from .conftest import write
+from .conftest import shape_factors, write
 
 TOL = 1e-5  # the DiT parity tolerance (fp32)
 DIM, FFN, TEXT, FREQ, HEAD_OUT = 16, 24, 12, 16, 16  # head: patch 1x2x2 x 4 channels
@@ -85,10 +85,22 @@ def _check(tiny, path, strength, ours_state=None):
     assert float(np.max(np.abs(ours - base)) / np.max(np.abs(base))) > 1e-2  # the LoRA does something
 
 
-def _factors(rng, shape, rank):
-    out_dim, in_dim = shape
-    return (rng.standard_normal((rank, in_dim)).astype(np.float32) / np.sqrt(in_dim),
-            0.3 * rng.standard_normal((out_dim, rank)).astype(np.float32))
+def _block_loras(rng, rank, key, *, modules=tuple(BLOCK_LINEARS), names=("lora_down", "lora_up"), alpha=None,
+                 bias_scale=None):
+    """A LoRA on `modules` of both blocks as a tool writes it: down/up factors named key(i, m) + `names`, with
+    alpha(i) as each module's `.alpha` and a random `.diff_b` of scale `bias_scale` (none when None). Values are
+    drawn from rng in that order, so each file is fixed by its seed."""
+    tensors = {}
+    for i in range(2):
+        for m in modules:
+            k, shape = key(i, m), BLOCK_LINEARS[m]
+            down, up = shape_factors(rng, shape, rank)
+            tensors.update({f"{k}.{names[0]}.weight": down, f"{k}.{names[1]}.weight": up})
+            if alpha is not None:
+                tensors[f"{k}.alpha"] = np.float32(alpha(i))
+            if bias_scale is not None:
+                tensors[f"{k}.diff_b"] = bias_scale * rng.standard_normal(shape[0]).astype(np.float32)
+    return tensors
 
 
 def test_base_checkpoints_agree(tiny):
@@ -107,11 +119,11 @@ def test_diffusers_peft_file(tiny, tmp_path, alpha):
     tensors, modules = {}, []
     for i in range(2):
         for m in ("self_attn.q", "cross_attn.o", "ffn.0"):
-            down, up = _factors(rng, BLOCK_LINEARS[m], 3)
+            down, up = shape_factors(rng, BLOCK_LINEARS[m], 3)
             modules.append(f"blocks.{i}.{DIFFUSERS_NAMES[m]}")
             tensors[f"transformer.{modules[-1]}.lora_A.weight"] = down
             tensors[f"transformer.{modules[-1]}.lora_B.weight"] = up
-    down, up = _factors(rng, (HEAD_OUT, DIM), 3)
+    down, up = shape_factors(rng, (HEAD_OUT, DIM), 3)
     tensors.update({"transformer.proj_out.lora_A.weight": down, "transformer.proj_out.lora_B.weight": up})
     meta = None
     if alpha is not None:
@@ -123,15 +135,10 @@ def test_diffusers_peft_file(tiny, tmp_path, alpha):
 @pytest.mark.parametrize("names", [("lora_A", "lora_B"), ("lora_down", "lora_up")])
 def test_comfyui_file_with_alpha_and_bias_diffs(tiny, tmp_path, names):
     rng = np.random.default_rng(2)
-    tensors = {}
-    for i in range(2):
-        for m in ("self_attn.k", "cross_attn.v", "ffn.2"):
-            key = f"diffusion_model.blocks.{i}.{m}"
-            down, up = _factors(rng, BLOCK_LINEARS[m], 4)
-            tensors.update({f"{key}.{names[0]}.weight": down, f"{key}.{names[1]}.weight": up,
-                            f"{key}.alpha": np.float32(2.0 + i)})
-            tensors[f"{key}.diff_b"] = 0.1 * rng.standard_normal(BLOCK_LINEARS[m][0]).astype(np.float32)
-    down, up = _factors(rng, (HEAD_OUT, DIM), 2)
+    tensors = _block_loras(rng, 4, lambda i, m: f"diffusion_model.blocks.{i}.{m}",
+                           modules=("self_attn.k", "cross_attn.v", "ffn.2"), names=names, alpha=lambda i: 2.0 + i,
+                           bias_scale=0.1)
+    down, up = shape_factors(rng, (HEAD_OUT, DIM), 2)
     tensors.update({f"diffusion_model.head.head.{names[0]}.weight": down,
                     f"diffusion_model.head.head.{names[1]}.weight": up})
     _check(tiny, write(tmp_path / "c.safetensors", tensors), 1.3)
@@ -140,13 +147,7 @@ def test_comfyui_file_with_alpha_and_bias_diffs(tiny, tmp_path, names):
 def test_lightx2v_style_file(tiny, tmp_path):
     """lora_down/lora_up on every block Linear without alpha, `.diff_b` biases, and the head as a full `.diff`."""
     rng = np.random.default_rng(3)
-    tensors = {}
-    for i in range(2):
-        for m, shape in BLOCK_LINEARS.items():
-            key = f"diffusion_model.blocks.{i}.{m}"
-            down, up = _factors(rng, shape, 2)
-            tensors.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
-                            f"{key}.diff_b": 0.05 * rng.standard_normal(shape[0]).astype(np.float32)})
+    tensors = _block_loras(rng, 2, lambda i, m: f"diffusion_model.blocks.{i}.{m}", bias_scale=0.05)
     tensors["diffusion_model.head.head.diff"] = 0.1 * rng.standard_normal((HEAD_OUT, DIM)).astype(np.float32)
     tensors["diffusion_model.head.head.diff_b"] = 0.1 * rng.standard_normal(HEAD_OUT).astype(np.float32)
     _check(tiny, write(tmp_path / "l.safetensors", tensors), 1.0)
@@ -155,13 +156,7 @@ def test_lightx2v_style_file(tiny, tmp_path):
 def test_musubi_file(tiny, tmp_path):
     """diffusers' musubi converter wants every block Linear, each with an alpha."""
     rng = np.random.default_rng(4)
-    tensors = {}
-    for i in range(2):
-        for m, shape in BLOCK_LINEARS.items():
-            key = f"lora_unet_blocks_{i}_{m.replace('.', '_')}"
-            down, up = _factors(rng, shape, 4)
-            tensors.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
-                            f"{key}.alpha": np.float32(1.0)})
+    tensors = _block_loras(rng, 4, lambda i, m: f"lora_unet_blocks_{i}_{m.replace('.', '_')}", alpha=lambda i: 1.0)
     _check(tiny, write(tmp_path / "m.safetensors", tensors), 0.9)
 
 

@@ -20,14 +20,12 @@ the reference slot) and 512x512 face crops of every frame.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import Mesh
 
-from wan22_jax.aot.programs import Stage, abstract_activation, abstract_array, sharded_abstract
+from wan22_jax.aot.programs import BasePlan, Stage, abstract_activation, abstract_array, sharded_abstract
 from wan22_jax.errors import InputError
 from wan22_jax.flops import jaxpr_flops
 from wan22_jax.models.animate.model_animate import ANIMATE_PRESETS, CLIP_TOKENS, AnimateConfig, WanAnimateModel
@@ -59,19 +57,11 @@ S2V_MOTION_FRAMES = 73  # pixel frames of motion context (official motion_frames
 
 
 @dataclasses.dataclass(frozen=True)
-class ConditionedPlan:
-    """What to compile for a conditioned task."""
+class ConditionedPlan(BasePlan):
+    """What to compile for a conditioned task (the fields of `BasePlan`)."""
 
     task: ConditionedTask
     models: str  # "full" | "tiny"
-    width: int
-    height: int
-    frames: int
-    dtype: Any
-    kernels: Kernels
-    mesh: Mesh
-    steps: int | None = None
-    weights: str | None = None
 
 
 def _config(plan: ConditionedPlan):

@@ -117,11 +117,13 @@ def sharded_abstract(graphdef, abstract, component: str, mesh: Mesh):
 
 
 @dataclasses.dataclass(frozen=True)
-class Plan:
-    """What to compile: task, models, video size, dtype, kernels, mesh (and the weights' quantisation)."""
+class BasePlan:
+    """What every plan of `wan22 aot` names: the task and its models, the video size, dtype, kernels, mesh, the step
+    count (None: the task's) and the weights' quantisation. `Plan` (the generation tasks) and
+    `conditioned.ConditionedPlan` (S2V, Animate) add their own fields after these."""
 
-    task: TaskConfig
-    models: Models
+    task: Any
+    models: Any
     width: int
     height: int
     frames: int
@@ -129,10 +131,18 @@ class Plan:
     kernels: Kernels
     mesh: Mesh
     steps: int | None = None
+    weights: str | None = None  # "int8" / "fp8": the DiT (and umT5) Linears quantised (`ops.quant`)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan(BasePlan):
+    """What to compile: task, models, video size, dtype, kernels, mesh (and the weights' quantisation)."""
+
+    task: TaskConfig
+    models: Models
     image: bool = False
     vae_tiling: Tiling | None = None
     offload_experts: bool = False
-    weights: str | None = None  # "int8" / "fp8": the DiT and umT5 Linears quantised (`ops.quant`)
     train: TrainConfig = TrainConfig()  # train-step programs: optimizer, remat, EMA (dtype and attention: above)
     train_batch: int = 1  # samples per training step
     lora: lora_mod.LoraConfig = lora_mod.LoraConfig()

@@ -25,11 +25,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from wan22_jax.errors import InputError
+from wan22_jax.models.step_cache import reuse_or_run_blocks, token_shape
 
 
 def nearest_ratios(ratios, steps: int) -> tuple[float, ...]:
@@ -55,11 +55,6 @@ def _token_norms(residual):
     """[B, L, D] -> [B, L] fp32 L2 norm of each token's residual."""
     r = residual.astype(jnp.float32)
     return jnp.sqrt(jnp.sum(r * r, axis=-1))
-
-
-def _empty(model, x, t, **prepare_kwargs):
-    inp = jax.eval_shape(lambda: model.prepare(x, t, **prepare_kwargs))
-    return inp.tokens.shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +108,7 @@ class MagCache:
 
     def init(self, model, x, t, **prepare_kwargs) -> dict:
         """An empty cache for `model` on inputs shaped like (x, t) (shapes only: nothing is computed)."""
-        z = jnp.zeros(_empty(model, x, t, **prepare_kwargs), jnp.float32)
+        z = jnp.zeros(token_shape(model, x, t, **prepare_kwargs), jnp.float32)
         return {"residual": z, "ratio": jnp.float32(1), "err": jnp.float32(0), "run": jnp.int32(0),
                 "skipped": jnp.int32(0)}
 
@@ -132,14 +127,7 @@ class MagCache:
         run = cache["run"] + 1
         skip = ~forced & (err < self.threshold) & (run <= self.max_skips)
 
-        def reuse(h):
-            return h + cache["residual"], cache["residual"]
-
-        def compute(h):
-            out, _ = model.run_blocks(inp, h)
-            return out, out - h
-
-        h, residual = jax.lax.cond(skip, reuse, compute, inp.tokens)
+        h, residual = reuse_or_run_blocks(model, inp, skip, cache["residual"])
         new = {"residual": residual, "ratio": jnp.where(skip, ratio, 1.0), "err": jnp.where(skip, err, 0.0),
                "run": jnp.where(skip, run, 0), "skipped": cache["skipped"] + skip.astype(jnp.int32)}
         return model.finish(inp, h), new
@@ -162,7 +150,7 @@ class MagCalibration:
             raise InputError(f"MagCalibration(steps={self.steps!r}): need a whole number >= 1")
 
     def init(self, model, x, t, **prepare_kwargs) -> dict:
-        shape = _empty(model, x, t, **prepare_kwargs)
+        shape = token_shape(model, x, t, **prepare_kwargs)
         return {"norms": jnp.zeros(shape[:2], jnp.float32), "ratios": jnp.zeros((self.steps,), jnp.float32),
                 "seen": jnp.int32(0), "skipped": jnp.int32(0)}
 

@@ -25,6 +25,32 @@ import jax.numpy as jnp
 from wan22_jax.errors import InputError
 
 
+def token_shape(model, x, t, **prepare_kwargs) -> tuple[int, ...]:
+    """The shape [B, L, D] of the tokens `model.prepare` makes of (x, t) (shapes only: nothing is computed)."""
+    return jax.eval_shape(lambda: model.prepare(x, t, **prepare_kwargs)).tokens.shape
+
+
+def reuse_or_run_blocks(model, inp, skip, residual):
+    """The blocks' output on the prepared input `inp`, as a `lax.cond` so that a skipped step does not run them.
+
+    Args:
+      model: the DiT (`run_blocks`). inp: `model.prepare`'s output (tokens [B, L, D]).
+      skip: bool [] reuse the cached residual instead of running the blocks.
+      residual: [B, L, D] the cached block residual (output - input of the last step that ran them).
+    Returns:
+      (output tokens [B, L, D], the residual to cache: the same one when skipped, else output - input).
+    """
+
+    def reuse(h):
+        return h + residual, residual
+
+    def compute(h):
+        out, _ = model.run_blocks(inp, h)
+        return out, out - h
+
+    return jax.lax.cond(skip, reuse, compute, inp.tokens)
+
+
 @dataclasses.dataclass(frozen=True)
 class StepCache:
     """threshold: accumulated relative L1 change of the modulated input below which a step is skipped.
@@ -41,8 +67,7 @@ class StepCache:
 
     def init(self, model, x, t, **prepare_kwargs) -> dict:
         """An empty cache for `model` on inputs shaped like (x, t) (shapes only: nothing is computed)."""
-        inp = jax.eval_shape(lambda: model.prepare(x, t, **prepare_kwargs))
-        z = jnp.zeros(inp.tokens.shape, jnp.float32)
+        z = jnp.zeros(token_shape(model, x, t, **prepare_kwargs), jnp.float32)
         return {"signal": z, "residual": z, "acc": jnp.float32(0), "run": jnp.int32(0), "seen": jnp.int32(0),
                 "skipped": jnp.int32(0)}
 
@@ -60,14 +85,7 @@ class StepCache:
         acc = cache["acc"] + change
         skip = ((cache["seen"] >= self.warmup) & (acc < self.threshold) & (cache["run"] < self.max_skips))
 
-        def reuse(h):
-            return h + cache["residual"], cache["residual"]
-
-        def compute(h):
-            out, _ = model.run_blocks(inp, h)
-            return out, out - h
-
-        h, residual = jax.lax.cond(skip, reuse, compute, inp.tokens)
+        h, residual = reuse_or_run_blocks(model, inp, skip, cache["residual"])
         new = {"signal": signal, "residual": residual, "acc": jnp.where(skip, acc, 0.0),
                "run": jnp.where(skip, cache["run"] + 1, 0), "seen": cache["seen"] + 1,
                "skipped": cache["skipped"] + skip.astype(jnp.int32)}

@@ -19,10 +19,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from wan22_jax.errors import InputError, InputFileError
-from wan22_jax.video import read_video
+from wan22_jax.pipeline.media_inputs import read_image_file, read_video_file
 
 SRC_FILES = {"ref_image": "src_ref.png", "pose_video": "src_pose.mp4", "face_video": "src_face.mp4",
              "bg_video": "src_bg.mp4", "mask_video": "src_mask.mp4"}
@@ -34,33 +34,6 @@ def check_mode(mode: str) -> bool:
     if mode not in MODES:
         raise InputError(f"mode {mode!r}: expected one of {MODES} (animation or character replacement)")
     return mode == "replace"
-
-
-def read_video_file(path: str | os.PathLike, what: str) -> np.ndarray:
-    """[T, H, W, 3] uint8 frames of a video file; InputFileError if it is missing, undecodable or empty."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"{what} {path}: no such file")
-    try:
-        frames = read_video(path)
-    except (OSError, RuntimeError, ValueError, StopIteration) as e:
-        detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__  # ffmpeg's last line
-        raise InputFileError(f"{what} {path}: not a readable video ({detail})") from e
-    if frames.shape[0] == 0:
-        raise InputFileError(f"{what} {path}: the video holds no frames")
-    return frames
-
-
-def read_image_file(path: str | os.PathLike, what: str) -> np.ndarray:
-    """[H, W, 3] uint8 RGB of an image file; InputFileError if it is missing or undecodable."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"{what} {path}: no such file")
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as e:
-        raise InputFileError(f"{what} {path}: not a readable image ({e})") from e
 
 
 def padding_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -90,7 +63,7 @@ def padding_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def _as_image(value, what: str) -> np.ndarray:
     if isinstance(value, (str, os.PathLike)):
-        return read_image_file(value, what)
+        return read_image_file(value, f"{what} {Path(value)}")
     if isinstance(value, Image.Image):
         return np.asarray(value.convert("RGB"))
     return np.asarray(value)
@@ -100,7 +73,7 @@ def _as_video(value, what: str) -> np.ndarray | None:
     if value is None:
         return None
     if isinstance(value, (str, os.PathLike)):
-        return read_video_file(value, what)
+        return read_video_file(value, f"{what} {Path(value)}")
     return np.asarray(value)
 
 
@@ -148,5 +121,4 @@ def animate_inputs(*, src_root: str | os.PathLike | None = None, ref_image=None,
     return {"ref_image": ref, **out}
 
 
-__all__ = ["MODES", "SRC_FILES", "animate_inputs", "check_mode", "padding_resize", "read_image_file",
-           "read_video_file"]
+__all__ = ["MODES", "SRC_FILES", "animate_inputs", "check_mode", "padding_resize"]

@@ -13,11 +13,12 @@ from typing import Callable
 import imageio_ffmpeg
 import numpy as np
 import soxr
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from wan22_jax.conditioning import to_image_array
 from wan22_jax.errors import InputError, InputFileError
 from wan22_jax.models.s2v.audio_encoder import SAMPLE_RATE, VIDEO_RATE, WAV2VEC_FPS, interpolation_frames, load_audio
+from wan22_jax.pipeline.media_inputs import existing_file, read_image_file
 
 SIZE_DIVISOR = 64  # official get_size_less_than_area pads / rounds to multiples of 64 (also the frame packer's)
 
@@ -97,13 +98,7 @@ def read_image(image, what: str = "image") -> np.ndarray:
         raise InputError(f"{what} is required: S2V animates a reference image (a path, PIL image or [H, W, 3] "
                          "array)")
     if isinstance(image, (str, os.PathLike)):
-        if not Path(image).is_file():
-            raise InputFileError(f"{what} {str(image)!r}: no such file")
-        try:
-            with Image.open(image) as img:
-                return np.asarray(img.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as e:
-            raise InputFileError(f"{what} {str(image)!r}: not a readable image ({e})") from e
+        return read_image_file(image, f"{what} {str(image)!r}")
     return to_image_array(image)
 
 
@@ -131,8 +126,7 @@ def read_pose_video(video, fps: int = 16) -> np.ndarray:
     """A pose video file (sampled at `fps` from the start, as the official read_last_n_frames(reverse=True)) or
     [T, H, W, 3] uint8 frames already at `fps` -> [T, H, W, 3] uint8."""
     if isinstance(video, (str, os.PathLike)):
-        if not Path(video).is_file():
-            raise InputFileError(f"pose_video {str(video)!r}: no such file")
+        existing_file(video, f"pose_video {str(video)!r}")
         try:
             reader = imageio_ffmpeg.read_frames(str(video), pix_fmt="rgb24")
             meta = next(reader)

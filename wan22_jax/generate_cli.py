@@ -18,15 +18,16 @@ from safetensors.numpy import load_file
 from wan22_jax import animate_cli, generate_s2v
 from wan22_jax.bench.timing import peak_bytes
 from wan22_jax.conditioning import check_frames
-from wan22_jax.configs import DTYPE_NAMES, TASKS
+from wan22_jax.configs import DTYPE_NAMES, TASK_FILE, TASKS, get_task, load_task_file
 from wan22_jax.errors import InputError, InputFileError
 from wan22_jax.lora.apply import expert_names
 from wan22_jax.lora.load import read_lora
 from wan22_jax.ops.options import add_kernel_arguments, kernels_from_args
 from wan22_jax.ops.quant import WEIGHT_MODES
 from wan22_jax.pipeline import Wan22Pipeline
+from wan22_jax.pipeline.files import default_checkpoint
 from wan22_jax.presets import PRESETS, random_pipeline
-from wan22_jax.samplers.presets import preset_names
+from wan22_jax.samplers.presets import SAMPLER_PRESETS, preset_names
 from wan22_jax.video import check_fps
 
 EMBED_SUFFIXES = (".safetensors", ".npy")
@@ -61,8 +62,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "for releases, fp32 for the embedded mini-world model)")
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH][@high|@low]",
                    help="a LoRA safetensors file (diffusers/PEFT, ComfyUI, LightX2V, musubi/kohya or `wan22 train`'s), "
-                   "merged before generating; STRENGTH default 1.0; @high/@low: one expert of an A14B model "
-                   "(default: every expert). Repeat for several")
+                   "merged before generating (see --lora-unmerged); STRENGTH default 1.0; @high/@low: one expert "
+                   "of an A14B model (default: every expert). Repeat for several")
+    p.add_argument("--lora-unmerged", action="store_true", help="apply every --lora inside each denoising step "
+                   "(x @ W + s (x @ A) @ B on the base weights) instead of merging it: the same video up to float "
+                   "rounding, some cost per step; needed for --lora-schedule. Not with --weights")
+    p.add_argument("--lora-schedule", metavar="S1,S2,...", help="with --lora-unmerged: one strength per sampling "
+                   "step (as many as the generation's steps), e.g. 1,1,0,0 for a LoRA on the first two of four "
+                   "steps; each --lora's STRENGTH multiplies it")
     p.add_argument("--lora-skip-unknown-keys", action="store_true", help="warn about and skip the keys of a --lora "
                    "file that name no parameter of the DiT (default: an error naming them)")
     p.add_argument("--weights", choices=WEIGHT_MODES, help="weight-only quantisation of the DiT and text encoder "
@@ -129,15 +136,81 @@ def parse_lora(text: str) -> tuple[Path, float, str | None]:
     return Path(spec), strength, expert
 
 
-def load_loras(pipe: Wan22Pipeline, specs: list[tuple[Path, float, str | None]], strict: bool = True
-               ) -> Wan22Pipeline:
-    """Every --lora read and checked against the pipeline first, then merged in order."""
+def parse_schedule(text: str) -> np.ndarray:
+    """"S1,S2,..." (--lora-schedule) -> [steps] float64 strengths; InputError for an empty entry, a non-number or
+    a non-finite value."""
+    values = []
+    for item in text.split(","):
+        try:
+            v = float(item)
+        except ValueError:
+            raise InputError(f"--lora-schedule {text!r}: {item.strip()!r} is not a number (one strength per step, "
+                             "comma-separated, e.g. 1,1,0,0)") from None
+        if not np.isfinite(v):
+            raise InputError(f"--lora-schedule {text!r}: {item.strip()!r} is not a finite number")
+        values.append(v)
+    return np.asarray(values, np.float64)
+
+
+def check_lora_options(args: argparse.Namespace) -> np.ndarray | None:
+    """--lora-unmerged / --lora-schedule against the other options, before anything loads.
+
+    Returns:
+      The schedule ([steps] float64), or None without --lora-schedule.
+    """
+    if args.lora_schedule is not None and not args.lora_unmerged:
+        raise InputError("--lora-schedule needs --lora-unmerged (a merged LoRA has one strength for every step)")
+    if args.lora_unmerged and not args.lora:
+        raise InputError("--lora-unmerged: give the LoRA(s) with --lora PATH")
+    if args.lora_unmerged and args.weights:
+        raise InputError(f"--lora-unmerged with --weights {args.weights}: quantised weights take merged LoRAs "
+                         "only (drop --lora-unmerged)")
+    return None if args.lora_schedule is None else parse_schedule(args.lora_schedule)
+
+
+def planned_steps(args: argparse.Namespace) -> int | None:
+    """The generation's step count as far as the options tell it before the model loads: --steps, the sampler
+    preset's, else the task's default (--task, --preset's, or the checkpoint folder's task.json); None when
+    only the loaded checkpoint knows (an official release folder without --task)."""
+    if args.steps is not None:
+        return args.steps
+    preset = SAMPLER_PRESETS.get(args.sampler_preset or args.solver or "")
+    if preset is not None:
+        return preset.steps
+    if args.task is not None or args.preset:
+        return get_task(args.task or "ti2v-5B").sample_steps
+    folder = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    if (folder / TASK_FILE).is_file():
+        return load_task_file(folder / TASK_FILE).sample_steps
+    return None
+
+
+def check_schedule_length(schedule: np.ndarray, steps: int) -> None:
+    """InputError unless --lora-schedule has one strength per sampling step."""
+    if schedule.shape[0] != steps:
+        raise InputError(f"--lora-schedule: {schedule.shape[0]} strengths for a generation of {steps} steps "
+                         "(give one per step, or change --steps)")
+
+
+def load_loras(pipe: Wan22Pipeline, specs: list[tuple[Path, float, str | None]], strict: bool = True,
+               merge: bool = True, schedule: np.ndarray | None = None) -> Wan22Pipeline:
+    """Every --lora read and checked against the pipeline first, then added in order.
+
+    Args:
+      pipe: the pipeline. specs: (path, strength, expert) per --lora (`parse_lora`). strict: an unknown key is
+        an error (False: a warning, skipped).
+      merge: merge into the weights (False: applied inside every denoising step, `Wan22Pipeline.load_lora`).
+      schedule: unmerged only: [steps] per-step strengths, multiplied by each LoRA's strength.
+    Returns:
+      The new pipeline.
+    """
     weights = []
     for path, strength, expert in specs:
         expert_names(pipe.experts, expert)
         weights.append((read_lora(path, pipe.dit_config, strict=strict), strength, expert))
     for w, strength, expert in weights:
-        pipe = pipe.load_lora(w, strength=strength, expert=expert)
+        s = strength if schedule is None else strength * schedule
+        pipe = pipe.load_lora(w, strength=s, expert=expert, merge=merge)
     return pipe
 
 
@@ -184,6 +257,7 @@ def check_arguments(args: argparse.Namespace) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     """Runs `wan22 generate`; the package's errors propagate to `wan22_jax.cli.main`, which prints them."""
+    schedule = check_lora_options(args)  # first: S2V and Animate refuse --lora, which these options need
     if generate_s2v.wants_s2v(args):
         return generate_s2v.main(args)
     if animate_cli.wants_animate(args):
@@ -191,6 +265,9 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     call = check_arguments(args)
     loras = [parse_lora(text) for text in args.lora]
+    steps = planned_steps(args)
+    if schedule is not None and steps is not None:
+        check_schedule_length(schedule, steps)
     kernels = kernels_from_args(args)
     if args.preset:
         pipe = random_pipeline(args.task or "ti2v-5B", seed=0).with_kernels(kernels)
@@ -199,7 +276,10 @@ def main(args: argparse.Namespace) -> int:
     else:
         pipe = Wan22Pipeline.from_pretrained(args.checkpoint, task=args.task, mesh=args.mesh, dtype=args.dtype,
                                              kernels=kernels, progress=not args.quiet)
-    pipe = load_loras(pipe, loras, strict=not args.lora_skip_unknown_keys)
+    if schedule is not None and steps is None:  # the task came from the checkpoint: still before any compile
+        check_schedule_length(schedule, pipe.task.sample_steps)
+    pipe = load_loras(pipe, loras, strict=not args.lora_skip_unknown_keys, merge=not args.lora_unmerged,
+                      schedule=schedule)
     if args.weights:
         pipe = pipe.quantized(args.weights)
     if args.vae_tiling:

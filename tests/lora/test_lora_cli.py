@@ -1,10 +1,15 @@
-"""Issue #21's "done when" for LoRAs: a LoRA trained by `wan22 train` on the default model, exported in ComfyUI
+"""`wan22 generate --lora` on the default model.
+
+Issue #21's "done when" for LoRAs: a LoRA trained by `wan22 train` on the default model, exported in ComfyUI
 naming, loaded by `wan22 generate --lora PATH` changes the CLI's output as trained.
 
 Public entry points only: `wan22 train` writes `lora.safetensors` (our format), `wan22_jax.lora.export_lora_file`
 rewrites it in ComfyUI naming, `wan22 generate --lora` reads that. The expectation is built without the LoRA code:
 the trained factors are read from the file with safetensors and merged with numpy (W + alpha / rank * A @ B),
 the video generated with those weights is written through the same mp4 writer, and both files are decoded.
+
+`--lora-unmerged` (applied inside every step) writes the merged video; `--lora-schedule` of zeros writes the
+video without the LoRA; bad schedules are one `error:` line before the model loads.
 """
 
 import dataclasses
@@ -15,11 +20,15 @@ import pytest
 from safetensors import safe_open
 
 from wan22_jax.cli import main as cli
+from wan22_jax.errors import InputError
+from wan22_jax.generate_cli import parse_schedule
 from wan22_jax.lora import export_lora_file
 from wan22_jax.pipeline import Wan22Pipeline
 from wan22_jax.pipeline.files import default_checkpoint
 from wan22_jax.state import fill_state, flat_state
 from wan22_jax.video import read_video
+
+from .conftest import write
 
 PROMPT = "a red bar moving left on a black background"
 STEPS = 4
@@ -78,3 +87,73 @@ def test_a_lora_trained_by_wan22_train_changes_the_cli_output_as_trained(tmp_pat
     # the change the LoRA makes
     assert as_trained <= 0.5, as_trained
     assert vs_plain >= 2.0 and vs_plain >= 10 * as_trained, (vs_plain, as_trained)
+
+
+def _style_file(path, dim, layers, rank=4, seed=0):
+    """A ComfyUI-named LoRA on every block's self-attention q / o and ffn.0 of a DiT of width `dim`."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for i in range(layers):
+        for m, (out_dim, in_dim) in (("self_attn.q", (dim, dim)), ("self_attn.o", (dim, dim))):
+            tensors[f"diffusion_model.blocks.{i}.{m}.lora_down.weight"] = (
+                rng.standard_normal((rank, in_dim)) / np.sqrt(in_dim)).astype(np.float32)
+            tensors[f"diffusion_model.blocks.{i}.{m}.lora_up.weight"] = (
+                0.5 * rng.standard_normal((out_dim, rank))).astype(np.float32)
+    return write(path, tensors)
+
+
+def _generate(tmp_path, name, *extra):
+    out = tmp_path / f"{name}.mp4"
+    assert cli(["generate", "--prompt", PROMPT, "--steps", str(STEPS), "--seed", "0", "--quiet", "--out", str(out),
+                *map(str, extra)]) == 0
+    return read_video(out).astype(np.float64)
+
+
+@pytest.mark.slow  # four generations of the default model through the CLI (two loops compiled)
+def test_unmerged_lora_gives_the_merged_video_and_a_zero_schedule_the_plain_one(tmp_path):
+    pipe = Wan22Pipeline.from_pretrained(progress=False)
+    lora = str(_style_file(tmp_path / "style.safetensors", pipe.dit_config.dim, pipe.dit_config.num_layers))
+    merged = _generate(tmp_path, "merged", "--lora", f"{lora}:0.8")
+    unmerged = _generate(tmp_path, "unmerged", "--lora", f"{lora}:0.8", "--lora-unmerged")
+    plain = _generate(tmp_path, "plain")
+    off = _generate(tmp_path, "off", "--lora", f"{lora}:0.8", "--lora-unmerged", "--lora-schedule",
+                    ",".join(["0"] * STEPS))
+    change = float(np.mean(np.abs(merged - plain)))
+    same = float(np.mean(np.abs(unmerged - merged)))
+    zero = float(np.mean(np.abs(off - plain)))
+    # merged and unmerged differ by float32 rounding only; a zero strength adds nothing (s * (x @ A) @ B = 0):
+    # both are codec noise at most, far below the change the LoRA makes
+    assert same <= 0.5 and zero <= 0.5, (same, zero)
+    assert change >= 2.0 and change >= 10 * max(same, zero), (change, same, zero)
+
+
+def test_bad_lora_schedules_are_one_error_before_loading(tmp_path, capsys, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model loaded before the options were checked")
+
+    monkeypatch.setattr(Wan22Pipeline, "from_pretrained", no_loading)
+    lora = str(write(tmp_path / "a.safetensors", {"x": np.zeros(1, np.float32)}))
+    base = ["generate", "--prompt", "x", "--lora", lora, "--out", str(tmp_path / "v.mp4")]
+    cases = [
+        (["--lora-schedule", "1,0"], "--lora-schedule needs --lora-unmerged"),
+        (["--lora-unmerged", "--steps", "3", "--lora-schedule", "1,x,0"], "'x' is not a number"),
+        (["--lora-unmerged", "--steps", "3", "--lora-schedule", "1,,0"], "'' is not a number"),
+        (["--lora-unmerged", "--steps", "2", "--lora-schedule", "1,nan"], "'nan' is not a finite number"),
+        (["--lora-unmerged", "--steps", "3", "--lora-schedule", "1,0"],
+         "--lora-schedule: 2 strengths for a generation of 3 steps"),
+        # the default model's 20 steps, read from its task.json
+        (["--lora-unmerged", "--lora-schedule", "1,0,1"], "--lora-schedule: 3 strengths for a generation of 20 "
+                                                          "steps"),
+        (["--lora-unmerged", "--sampler-preset", "lightning-4step", "--lora-schedule", "1,0"],
+         "2 strengths for a generation of 4 steps"),
+        (["--lora-unmerged", "--weights", "int8"], "--lora-unmerged with --weights int8"),
+    ]
+    for extra, message in cases:
+        assert cli([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, (extra, err)
+    assert cli(["generate", "--prompt", "x", "--lora-unmerged"]) == 2
+    assert "--lora-unmerged: give the LoRA(s) with --lora PATH" in capsys.readouterr().err
+    np.testing.assert_array_equal(parse_schedule("1, 0.5,0"), [1.0, 0.5, 0.0])
+    with pytest.raises(InputError, match=r"--lora-schedule '1;0': '1;0' is not a number"):
+        parse_schedule("1;0")

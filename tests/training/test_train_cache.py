@@ -13,6 +13,7 @@ from wan22_jax.errors import ConfigError
 from wan22_jax.models.tokenizer import Tokenizer
 from wan22_jax.models.tokenizer_training import train_tokenizer
 from wan22_jax.training.cache import MANIFEST, tokenizer_hash
+from wan22_jax.training.checkpoint import TrainCheckpointer
 from wan22_jax.training.loop import train
 from wan22_jax.training.metrics import read_scalars
 from wan22_jax.training.run_config import parse_run_config
@@ -100,10 +101,11 @@ def test_cache_run_trains_evaluates_per_bucket_and_resumes_exactly(tmp_path, cac
     assert sum(tag.startswith("eval/") and tag.endswith("/t500") and tag != "eval/t500" for tag in scalars) == \
         len({r["bucket"] for r in rows})
 
-    # stopped after step 3 (the last checkpoint is step 2's), then the same config again: resumes at 2
+    # stopped after step 3, between checkpoints (every 2): stop_after writes one at 3; then the same config
+    # without stop_after resumes at 3
     cfg = _config(tmp_path / "b", cache_dir)
     stopped = train(dict(cfg, stop_after=3))
-    assert stopped["step"] == 3
+    assert stopped["step"] == 3 and TrainCheckpointer(stopped["checkpoint_dir"]).latest_step() == 3
     resumed = train(cfg)
     assert resumed["step"] == 6
     a, b = _state(full), _state(resumed)

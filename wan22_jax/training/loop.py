@@ -344,12 +344,14 @@ def train(config: RunConfig | dict[str, Any], *, kernels: Kernels = XLA) -> dict
             done = step + 1
             if done % cfg.eval.every == 0 or done == steps:
                 evaluate(done)
-            if done % cfg.checkpoint.every == 0 or done == steps or interrupt.requested:
+            stopping = cfg.stop_after is not None and done >= cfg.stop_after
+            # a stopped run leaves a checkpoint at its last step, so the same config resumes from there
+            if done % cfg.checkpoint.every == 0 or done == steps or interrupt.requested or stopping:
                 ckpt.save(state, {**meta, "step": done})
             if interrupt.requested:
                 interrupted = True
                 break
-            if cfg.stop_after is not None and done >= cfg.stop_after:
+            if stopping:
                 break
     finally:
         interrupt.restore()

@@ -136,8 +136,9 @@ class RunConfig:
     norm, lr, samples/s, MFU), eval.csv (held-out loss; eval_buckets.csv per bucket), loss.png, samples/ (sample
     videos), and out_dir/dit (+ out_dir/t5 and out_dir/tokenizer), or out_dir/lora.safetensors and
     out_dir/lora_comfyui.safetensors. steps: optimizer steps of the run. batch_size: samples per micro-batch (a
-    step sees train.grad_accum of them). progress: a tqdm bar. stop_after: stop after this step without writing the
-    outputs (tests)."""
+    step sees train.grad_accum of them). progress: a tqdm bar. stop_after: stop once optimizer step N (of the
+    whole run, a resume counts on from its checkpoint) is done, leaving a checkpoint at N (checkpoint.dir) and no
+    trained outputs unless N >= steps; the config without stop_after (or with a later one) then resumes from N."""
 
     out_dir: str
     dit: DiTConfig

@@ -23,7 +23,6 @@ from wan22_jax import cli
 from wan22_jax.errors import (CheckpointFormatError, ConfigError, InputError, InputFileError,
                               InsufficientMemoryError, UnknownTokenWarning, UnusualInputWarning, WeightMappingError)
 from wan22_jax.pipeline import Wan22Pipeline, default_checkpoint, memory, validate_request
-from wan22_jax.presets import random_pipeline
 from wan22_jax.training.checkpoint import TrainCheckpointer
 from wan22_jax.training.loop import train
 from wan22_jax.video import Video
@@ -42,16 +41,6 @@ TINY_RUN = {
     "batch_size": 2, "steps": 8, "checkpoint": {"every": 4, "keep": 2}, "eval": {"every": 4, "batch": 2},
     "progress": False,
 }
-
-
-@pytest.fixture(scope="module")
-def ti2v():
-    return random_pipeline("ti2v-5B")
-
-
-@pytest.fixture(scope="module")
-def t2v():
-    return random_pipeline("t2v-A14B")
 
 
 @pytest.fixture(scope="module")

@@ -14,22 +14,11 @@ from wan22_jax.generate_cli import load_loras, parse_lora
 from wan22_jax.lora.apply import apply_deltas
 from wan22_jax.lora.load import read_lora
 from wan22_jax.models.dit import WanModel
-from wan22_jax.presets import random_pipeline
 from wan22_jax.state import flat_state
 
 from .conftest import CFG, write
 
 Q = "blocks.self_attn.q.kernel"
-
-
-@pytest.fixture(scope="module")
-def ti2v():
-    return random_pipeline("ti2v-5B")
-
-
-@pytest.fixture(scope="module")
-def t2v():
-    return random_pipeline("t2v-A14B")
 
 
 def comfy_file(path, dim, seed=0, modules=("blocks.0.self_attn.q", "blocks.1.self_attn.q"), rank=2):

@@ -14,16 +14,6 @@ from wan22_jax.presets import random_pipeline
 from wan22_jax.video import Video, read_video
 
 
-@pytest.fixture(scope="module")
-def ti2v():
-    return random_pipeline("ti2v-5B")
-
-
-@pytest.fixture(scope="module")
-def t2v():
-    return random_pipeline("t2v-A14B")
-
-
 FAST = dict(num_frames=5, num_inference_steps=3, progress=False)
 
 

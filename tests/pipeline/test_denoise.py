@@ -12,16 +12,10 @@ from safetensors.numpy import save_file
 
 from wan22_jax.errors import InputError
 from wan22_jax.pipeline import EXPERTS, make_plan, run_steps, start_loop, validate_request
-from wan22_jax.presets import random_pipeline
 from wan22_jax.samplers import loop
 from wan22_jax.samplers.loop import step_rows
 
 CALL = dict(prompt="a cat", num_frames=5, num_inference_steps=4, output_type="latent")
-
-
-@pytest.fixture(scope="module")
-def t2v():
-    return random_pipeline("t2v-A14B")
 
 
 def _loop_args(pipe, **call):

@@ -69,18 +69,33 @@ def lower_bound(batch: int, latent_shape, num_frames: int, height: int, width: i
     return latents + video
 
 
-def refuse_if_too_big(need: int, devices, what: str, *, tiled: bool, sharded: bool) -> None:
+def clip_loop_bound(latent_shape, decoded_frames: int, height: int, width: int, video_frames: int) -> int:
+    """Bytes a clip-after-clip run (S2V-14B, Animate-14B) needs at least, from shapes alone: one clip's loop
+    buffers and its decoded frames (`lower_bound` of batch 1), plus the float32 video of every clip, which is kept
+    until the last clip is done. The weights are not counted: they are loaded already, so the free memory that
+    `refuse_if_too_big` compares with has them subtracted.
+
+    Args:
+      latent_shape: (z, F', h, w) of one clip's latents; decoded_frames: the frames one decode returns.
+      height, width: the output size in pixels; video_frames: the frames of the whole output video.
+    """
+    return lower_bound(1, latent_shape, decoded_frames, height, width, True) + 4 * 3 * video_frames * height * width
+
+
+def refuse_if_too_big(need: int, devices, what: str, *, tiled: bool, sharded: bool,
+                      smaller: tuple[str, ...] = ("fewer frames", "a smaller size"), can_tile: bool = True) -> None:
     """Raises InsufficientMemoryError when `need` bytes exceed what `devices` have free.
 
     Args:
       need: bytes; devices: as `available_bytes`; what: the request in words ("64x64, 5 frames").
       tiled / sharded: whether VAE tiling and a mesh are already on (not suggested again).
+      smaller: the smaller requests to suggest first; can_tile: whether the pipeline has VAE tiling at all.
     """
     free, where = available_bytes(devices)
     if free is None or need <= free:
         return
-    tries = ["fewer frames", "a smaller size"]
-    if not tiled:
+    tries = list(smaller)
+    if can_tile and not tiled:
         tries.append("VAE tiling (--vae-tiling, pipe.with_vae_tiling())")
     if not sharded or len(devices) > 1:
         tries.append("a mesh over more devices (--mesh, pipe.sharded(...))")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from wan22_jax.animate_presets import random_animate_pipeline
-from wan22_jax.bench.timing import peak_bytes
+from wan22_jax.cli_files import save_and_report
 from wan22_jax.errors import InputError
 from wan22_jax.ops.options import kernels_from_args
 from wan22_jax.pipeline.animate import check_animate_inputs
@@ -85,7 +85,7 @@ def check_animate_arguments(args: argparse.Namespace) -> dict:
     return dict(mode=mode, prompt=args.prompt, negative_prompt=args.negative_prompt, clip_len=args.frames,
                 refert_num=args.refert_num, num_inference_steps=args.steps, shift=args.shift,
                 guidance_scale=None if args.guide_scale is None else args.guide_scale[0], solver=args.solver,
-                seed=args.seed, progress=not args.quiet, **inputs)
+                seed=args.seed, progress=not args.quiet, check_memory=not args.no_memory_check, **inputs)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -108,11 +108,7 @@ def main(args: argparse.Namespace) -> int:
                                                progress=not args.quiet)
     load_s = time.perf_counter() - t0
     out = pipe(**call)
-    path = out.videos[0].save(args.out, fps=args.fps)
-    frames = out.videos[0].frames
-    print(f"wrote {Path(path).resolve()}: {frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]} "
-          f"({call['mode']}), load {load_s:.1f}s, generate {out.denoise_s:.1f}s, "
-          f"total {time.perf_counter() - t0:.1f}s, peak memory {peak_bytes() / 2**30:.2f} GiB")
+    save_and_report(out, args.out, args.fps, t0, load_s, f" ({call['mode']})")
     return 0
 
 

@@ -42,6 +42,23 @@ def read_embeds(path: str, flag: str) -> np.ndarray:
     return next(iter(tensors.values()))
 
 
+def embeds_from_args(args) -> dict:
+    """{"prompt_embeds", "negative_prompt_embeds"}: the arrays of --prompt-embeds / --negative-prompt-embeds (None
+    where not given), refusing a text and its embeddings given together.
+
+    Args:
+      args: the parsed `wan22 generate` options (prompt, negative_prompt and their *_embeds file paths).
+    """
+    out = {}
+    for key in ("prompt", "negative_prompt"):
+        flag = f"--{key.replace('_', '-')}"
+        path = getattr(args, f"{key}_embeds")
+        if path is not None and getattr(args, key) is not None:
+            raise InputError(f"give {flag} or {flag}-embeds, not both")
+        out[f"{key}_embeds"] = None if path is None else read_embeds(path, f"{flag}-embeds")
+    return out
+
+
 def save_and_report(out: PipelineOutput, path, fps: int | None, t0: float, load_s: float, detail: str = "") -> Path:
     """Writes the run's (first) video and prints one line: where, frames and size, `detail`, the times and the
     peak memory.
@@ -60,4 +77,4 @@ def save_and_report(out: PipelineOutput, path, fps: int | None, t0: float, load_
     return Path(written)
 
 
-__all__ = ["EMBED_SUFFIXES", "read_embeds", "save_and_report"]
+__all__ = ["EMBED_SUFFIXES", "embeds_from_args", "read_embeds", "save_and_report"]

@@ -34,7 +34,7 @@ from wan22_jax.ops import XLA, Kernels, with_kernels
 from wan22_jax.pipeline.animate import check_animate_inputs, generate_animate, noise_shape
 from wan22_jax.pipeline.animate_inputs import animate_inputs, check_mode
 from wan22_jax.pipeline.files import load_text_encoder
-from wan22_jax.pipeline.memory import clip_loop_bound, refuse_if_too_big
+from wan22_jax.pipeline.memory import refuse_clip_loop
 from wan22_jax.pipeline.progress import stage
 from wan22_jax.pipeline.release_args import model_dtypes, release_folder
 from wan22_jax.samplers.registry import get_sampler
@@ -168,20 +168,21 @@ class AnimatePipeline:
                                    text_encoder=text_encoder)
 
     def check_memory(self, clips: int, clip_len: int, frames: int, height: int, width: int) -> int:
-        """Refuses a request that cannot fit, from its shapes alone (`memory.clip_loop_bound`: one clip's loop
-        and decode, the whole video kept), before anything runs.
+        """Refuses a request that cannot fit, from its shapes alone (`memory.refuse_clip_loop`: one clip's loop
+        and decode on the devices, the whole video in host memory), before anything runs.
 
         Args:
           clips: R; clip_len: frames per clip; frames: the output's (the pose video's); height, width: its size.
         Returns:
-          The bytes needed. Raises InsufficientMemoryError with the needed and available memory and what to try.
+          The bytes needed on the devices. Raises InsufficientMemoryError with the needed and available memory
+          and what to try.
         """
-        need = clip_loop_bound(noise_shape(clips, clip_len, height, width)[1:], clip_len, height, width, frames)
         devices = list(self.mesh.devices.flat) if self.mesh is not None else [jax.devices()[0]]
-        refuse_if_too_big(need, devices, f"{clips} clip(s) of {clip_len} frames at {width}x{height}", tiled=False,
-                          sharded=self.mesh is not None, can_tile=False,
-                          smaller=("a shorter pose video", "a shorter clip_len (--frames)", "a smaller pose video"))
-        return need
+        return refuse_clip_loop(devices, f"{clips} clip(s) of {clip_len} frames at {width}x{height}",
+                                noise_shape(clips, clip_len, height, width)[1:], clip_len, height, width, frames,
+                                sharded=self.mesh is not None,
+                                smaller=("a shorter pose video", "a shorter clip_len (--frames)",
+                                         "a smaller pose video"))
 
     def _context(self, prompt, embeds, what: str) -> np.ndarray:
         if embeds is not None:

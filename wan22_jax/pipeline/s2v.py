@@ -42,7 +42,7 @@ from wan22_jax.models.s2v.audio_encoder import (SAMPLE_RATE, audio_embedding, bu
 from wan22_jax.models.s2v.model_s2v import S2VConfig
 from wan22_jax.ops import XLA, Kernels, with_kernels
 from wan22_jax.pipeline.files import load_text_encoder
-from wan22_jax.pipeline.memory import clip_loop_bound, refuse_if_too_big
+from wan22_jax.pipeline.memory import refuse_clip_loop
 from wan22_jax.pipeline.progress import stage
 from wan22_jax.pipeline.release_args import model_dtypes, release_folder
 from wan22_jax.pipeline.s2v_inputs import (clip_count, is_s2v_folder, output_size, positive_float,
@@ -325,22 +325,23 @@ class S2VPipeline:
         return list(self.mesh.devices.flat) if self.mesh is not None else [jax.devices()[0]]
 
     def check_memory(self, clips: int, infer_frames: int, height: int, width: int) -> int:
-        """Refuses a request that cannot fit, from its shapes alone (`memory.clip_loop_bound`: one clip's loop
-        and decode, the whole video kept), before anything runs.
+        """Refuses a request that cannot fit, from its shapes alone (`memory.refuse_clip_loop`: one clip's loop
+        and decode on the devices, the whole video in host memory), before anything runs.
 
         Args:
           clips: R; infer_frames: frames per clip; height, width: the output size.
         Returns:
-          The bytes needed. Raises InsufficientMemoryError with the needed and available memory and what to try.
+          The bytes needed on the devices. Raises InsufficientMemoryError with the needed and available memory
+          and what to try.
         """
         f, motion = infer_frames // 4, (self.defaults.motion_frames + 3) // 4
         shape = (self.s2v_config.in_dim, f, height // 8, width // 8)
         # each clip decodes its motion latents (or the reference's) with its own: 1 + 4 (F' - 1) frames
-        need = clip_loop_bound(shape, 1 + 4 * (motion + f - 1), height, width, clips * infer_frames)
-        refuse_if_too_big(need, self._devices(), f"{clips} clip(s) of {infer_frames} frames at {width}x{height}",
-                          tiled=False, sharded=self.mesh is not None, can_tile=False,
-                          smaller=("fewer clips (num_clips, --num-clips)", "fewer infer_frames", "a smaller size"))
-        return need
+        return refuse_clip_loop(self._devices(), f"{clips} clip(s) of {infer_frames} frames at {width}x{height}",
+                                shape, 1 + 4 * (motion + f - 1), height, width, clips * infer_frames,
+                                sharded=self.mesh is not None,
+                                smaller=("fewer clips (num_clips, --num-clips)", "fewer infer_frames",
+                                         "a smaller size"))
 
     def _encode_text(self, text: str) -> np.ndarray:
         with warnings.catch_warnings():

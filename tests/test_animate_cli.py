@@ -91,7 +91,7 @@ def test_animate_options_with_another_task(src):
 
 @pytest.mark.slow
 def test_generate_animate_on_the_tiny_random_preset(src, tmp_path):
-    np.save(tmp_path / "p.npy", np.full((3, 24), 0.5, np.float32))
+    np.save(tmp_path / "p.npy", np.full((3, 32), 0.5, np.float32))  # the preset's text_dim
     r = subprocess.run([sys.executable, "-m", "wan22_jax", "generate", "--task", "animate-14B", "--preset",
                         "tiny-random", "--src-root", str(src), "--mode", "replace", "--steps", "2", "--quiet",
                         "--prompt-embeds", str(tmp_path / "p.npy"), "--out", str(tmp_path / "a.mp4")],

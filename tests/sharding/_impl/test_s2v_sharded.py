@@ -33,7 +33,7 @@ def test_from_pretrained_on_a_mesh_places_every_component():
     assert all(a.sharding.spec == PartitionSpec() for a in wav2vec)  # replicated
 
 
-@pytest.mark.slow  # ~130 s on 2 cores: the clip loop compiled twice (one device, then sharded)
+@pytest.mark.slow  # 166 s on 2 cores: the clip loop compiled twice (one device, then sharded)
 def test_tiny_random_generation_sharded_equals_one_device():
     pipe = random_s2v_pipeline()
     wave = (0.2 * np.sin(np.arange(24000) * 2 * np.pi * 300 / 16000)).astype(np.float32)

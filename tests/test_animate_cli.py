@@ -67,6 +67,21 @@ def test_replace_without_bg_and_mask(src, tmp_path):
         check_animate_arguments(args)
 
 
+def test_prompt_embeds_files_and_the_memory_check_flag(src, tmp_path):
+    np.save(tmp_path / "p.npy", np.full((3, 24), 0.5, np.float32))
+    np.save(tmp_path / "n.npy", np.zeros((1, 2, 24), np.float32))
+    base = ("--task", "animate-14B", "--preset", "tiny-random", "--src-root", src)
+    call = check_animate_arguments(_args(*base, "--prompt-embeds", tmp_path / "p.npy", "--negative-prompt-embeds",
+                                         tmp_path / "n.npy", "--no-memory-check"))
+    assert call["prompt_embeds"].shape == (3, 24) and call["negative_prompt_embeds"].shape == (1, 2, 24)
+    assert call["check_memory"] is False
+    assert check_animate_arguments(_args(*base))["check_memory"] is True
+    with pytest.raises(InputError, match="give --prompt or --prompt-embeds, not both"):
+        check_animate_arguments(_args(*base, "--prompt", "x", "--prompt-embeds", tmp_path / "p.npy"))
+    with pytest.raises(InputFileError, match="--negative-prompt-embeds .*absent.npy: no such file"):
+        check_animate_arguments(_args(*base, "--negative-prompt-embeds", tmp_path / "absent.npy"))
+
+
 def test_animate_options_with_another_task(src):
     args = _args("--task", "ti2v-5B", "--pose-video", src / "src_pose.mp4", "--prompt", "x")
     assert wants_animate(args)
@@ -76,9 +91,11 @@ def test_animate_options_with_another_task(src):
 
 @pytest.mark.slow
 def test_generate_animate_on_the_tiny_random_preset(src, tmp_path):
+    np.save(tmp_path / "p.npy", np.full((3, 32), 0.5, np.float32))  # the preset's text_dim
     r = subprocess.run([sys.executable, "-m", "wan22_jax", "generate", "--task", "animate-14B", "--preset",
                         "tiny-random", "--src-root", str(src), "--mode", "replace", "--steps", "2", "--quiet",
-                        "--out", str(tmp_path / "a.mp4")], capture_output=True, text=True, timeout=900)
+                        "--prompt-embeds", str(tmp_path / "p.npy"), "--out", str(tmp_path / "a.mp4")],
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "wrote" in r.stdout and "(replace)" in r.stdout
     assert read_video(tmp_path / "a.mp4").shape == (9, 32, 48, 3)

@@ -11,7 +11,9 @@ import pytest
 import soundfile
 from PIL import Image
 
-from wan22_jax.cli import main
+from wan22_jax.cli import build_parser, main
+from wan22_jax.errors import InputError
+from wan22_jax.generate_s2v import check_arguments
 from wan22_jax.video import read_video
 
 
@@ -51,6 +53,18 @@ def test_s2v_options_with_another_task(files, capsys):
     rc = main(["generate", "--task", "ti2v-5B", "--preset", "tiny-random", "--prompt", "x", "--audio",
                str(files / "a.wav")])
     assert rc == 2 and "--audio: only for --task s2v-14B" in capsys.readouterr().err
+
+
+def test_mesh_embeddings_and_memory_check_options(files):
+    np.save(files / "p.npy", np.full((3, 16), 0.5, np.float32))
+    base = ["generate", "--task", "s2v-14B", "--preset", "tiny-random", "--image", str(files / "ref.png"), "--audio",
+            str(files / "a.wav"), "--mesh", "fsdp=1", "--no-memory-check"]
+    call = check_arguments(build_parser().parse_args([*base, "--prompt-embeds", str(files / "p.npy")]))
+    assert call["prompt"] is None and call["prompt_embeds"].shape == (3, 16) and call["check_memory"] is False
+    with pytest.raises(InputError, match="give --prompt or --prompt-embeds, not both"):
+        check_arguments(build_parser().parse_args([*base, "--prompt", "x", "--prompt-embeds", str(files / "p.npy")]))
+    with pytest.raises(InputError, match="needs --prompt TEXT or --prompt-embeds FILE"):
+        check_arguments(build_parser().parse_args(base))
 
 
 @pytest.mark.slow

@@ -4,8 +4,9 @@
     wan22 generate --task animate-14B --mode replace --checkpoint ... --image ref.png --pose-video pose.mp4 \\
         --face-video face.mp4 --bg-video bg.mp4 --mask-video mask.mp4 --use-relighting-lora
 
-The options shared with the other tasks (--checkpoint/--preset, --prompt, --steps, --shift, --solver,
---guide-scale, --seed, --dtype, --mesh, --out, --fps, --quiet) keep their meaning; --frames is the clip length
+The options shared with the other tasks (--checkpoint/--preset, --prompt or --prompt-embeds, --negative-prompt or
+--negative-prompt-embeds, --steps, --shift, --solver, --guide-scale, --seed, --dtype, --mesh, --no-memory-check,
+--out, --fps, --quiet) keep their meaning; --frames is the clip length
 (the official --frame_num, default 77). Every input file is read and checked before the model loads.
 """
 
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 from wan22_jax.animate_presets import random_animate_pipeline
-from wan22_jax.bench.timing import peak_bytes
+from wan22_jax.cli_files import embeds_from_args, save_and_report
 from wan22_jax.errors import InputError
 from wan22_jax.ops.options import kernels_from_args
 from wan22_jax.pipeline.animate import check_animate_inputs
@@ -27,8 +28,7 @@ from wan22_jax.video import check_fps
 ANIMATE_OPTIONS = ("mode", "src_root", "pose_video", "face_video", "bg_video", "mask_video", "refert_num",
                    "use_relighting_lora")
 # options of the other tasks that an Animate run does not take (its size comes from the pose video)
-NOT_FOR_ANIMATE = ("prompt_embeds", "negative_prompt_embeds", "size", "sampler_preset", "lora", "weights",
-                   "vae_tiling")
+NOT_FOR_ANIMATE = ("size", "sampler_preset", "lora", "weights", "vae_tiling")
 
 
 def add_animate_arguments(p: argparse.ArgumentParser) -> None:
@@ -73,6 +73,7 @@ def check_animate_arguments(args: argparse.Namespace) -> dict:
         raise InputError(f"--steps {args.steps}: must be a whole number >= 1")
     if args.guide_scale is not None and len(args.guide_scale) != 1:
         raise InputError(f"--guide-scale: {ANIMATE_TASK} has one DiT, give one value")
+    embeds = embeds_from_args(args)
     mode = args.mode or "animate"
     inputs = animate_inputs(src_root=args.src_root, ref_image=args.image, pose_video=args.pose_video,
                             face_video=args.face_video, bg_video=args.bg_video, mask_video=args.mask_video, mode=mode)
@@ -82,10 +83,10 @@ def check_animate_arguments(args: argparse.Namespace) -> dict:
     mask = mask if mask is None or mask.ndim != 4 else mask[..., 0]
     check_animate_inputs(inputs["ref_image"], inputs["pose_video"], inputs["face_video"], inputs["bg_video"], mask,
                          args.frames or 5, args.refert_num or 1, inputs["face_video"].shape[1], mode == "replace")
-    return dict(mode=mode, prompt=args.prompt, negative_prompt=args.negative_prompt, clip_len=args.frames,
+    return dict(mode=mode, prompt=args.prompt, negative_prompt=args.negative_prompt, **embeds, clip_len=args.frames,
                 refert_num=args.refert_num, num_inference_steps=args.steps, shift=args.shift,
                 guidance_scale=None if args.guide_scale is None else args.guide_scale[0], solver=args.solver,
-                seed=args.seed, progress=not args.quiet, **inputs)
+                seed=args.seed, progress=not args.quiet, check_memory=not args.no_memory_check, **inputs)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -108,11 +109,7 @@ def main(args: argparse.Namespace) -> int:
                                                progress=not args.quiet)
     load_s = time.perf_counter() - t0
     out = pipe(**call)
-    path = out.videos[0].save(args.out, fps=args.fps)
-    frames = out.videos[0].frames
-    print(f"wrote {Path(path).resolve()}: {frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]} "
-          f"({call['mode']}), load {load_s:.1f}s, generate {out.denoise_s:.1f}s, "
-          f"total {time.perf_counter() - t0:.1f}s, peak memory {peak_bytes() / 2**30:.2f} GiB")
+    save_and_report(out, args.out, args.fps, t0, load_s, f" ({call['mode']})")
     return 0
 
 

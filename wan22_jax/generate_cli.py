@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from safetensors import SafetensorError
-from safetensors.numpy import load_file
 
 from wan22_jax import animate_cli, generate_s2v
 from wan22_jax.bench.timing import peak_bytes
+from wan22_jax.cli_files import read_embeds
 from wan22_jax.conditioning import check_frames
 from wan22_jax.configs import DTYPE_NAMES, TASK_FILE, TASKS, get_task, load_task_file
 from wan22_jax.errors import InputError, InputFileError
@@ -29,8 +28,6 @@ from wan22_jax.pipeline.files import default_checkpoint
 from wan22_jax.presets import PRESETS, random_pipeline
 from wan22_jax.samplers.presets import SAMPLER_PRESETS, preset_names
 from wan22_jax.video import check_fps
-
-EMBED_SUFFIXES = (".safetensors", ".npy")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -94,24 +91,6 @@ def parse_size(text: str) -> tuple[int, int]:
     except ValueError:
         raise InputError(f"--size {text!r}: expected WxH, e.g. 1280x704") from None
     return width, height
-
-
-def read_embeds(path: str, flag: str) -> np.ndarray:
-    """A [L, text_dim] (or [1, L, text_dim]) array from a .safetensors file holding one tensor, or a .npy."""
-    p = Path(path)
-    if p.suffix not in EMBED_SUFFIXES:
-        raise InputError(f"{flag} {path}: expected a {' or '.join(EMBED_SUFFIXES)} file")
-    if not p.is_file():
-        raise InputFileError(f"{flag} {path}: no such file")
-    try:
-        if p.suffix == ".npy":
-            return np.load(p, allow_pickle=False)
-        tensors = load_file(p)
-    except (OSError, ValueError, SafetensorError) as e:
-        raise InputFileError(f"{flag} {path}: cannot read it ({e})") from e
-    if len(tensors) != 1:
-        raise InputError(f"{flag} {path}: holds {len(tensors)} tensors ({sorted(tensors)}); expected one")
-    return next(iter(tensors.values()))
 
 
 def parse_lora(text: str) -> tuple[Path, float, str | None]:

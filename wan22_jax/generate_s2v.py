@@ -3,9 +3,11 @@
     wan22 generate --task s2v-14B --checkpoint Wan2.2-S2V-14B --prompt "a woman singing" \\
         --image ref.png --audio song.wav [--pose-video pose.mp4] [--num-clips 3] --out sing.mp4
 
-`--size WxH` is, as in the official generate.py for S2V, the maximum pixel area W * H: the output size follows
-the image's aspect ratio, padded to multiples of 64. The options that only the text/image tasks have (LoRAs,
-quantisation, VAE tiling, a mesh, sampler presets, --frames) are refused with one error before anything loads.
+`--prompt-embeds` / `--negative-prompt-embeds` FILE (.npy or one-tensor .safetensors) replace the texts. `--size
+WxH` is, as in the official generate.py for S2V, the maximum pixel area W * H: the output size follows the image's
+aspect ratio, padded to multiples of 64. The options that only the text/image tasks have (LoRAs,
+quantisation, VAE tiling, sampler presets, --frames) are refused with one error before anything loads. `--mesh SPEC`
+shards the DiT and VAE over the devices (`S2VPipeline.sharded`); `--no-memory-check` skips the memory check.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import argparse
 import time
 from pathlib import Path
 
-from wan22_jax.bench.timing import peak_bytes
+from wan22_jax.cli_files import embeds_from_args, save_and_report
 from wan22_jax.errors import InputError
 from wan22_jax.ops.options import kernels_from_args
 from wan22_jax.pipeline import Wan22Pipeline
@@ -25,8 +27,8 @@ from wan22_jax.video import AUDIO_CODECS, check_fps
 
 S2V_OPTIONS = ("audio", "num_clips", "infer_frames")  # the S2V-only options of `wan22 generate`
 # options of `wan22 generate` S2V has no use for, with the value that means "not given" (Animate's included)
-_NOT_FOR_S2V = {"prompt_embeds": None, "negative_prompt_embeds": None, "frames": None, "sampler_preset": None,
-                "lora": [], "weights": None, "vae_tiling": False, "mesh": None, "eta": 0.0, "mode": None,
+_NOT_FOR_S2V = {"frames": None, "sampler_preset": None,
+                "lora": [], "weights": None, "vae_tiling": False, "eta": 0.0, "mode": None,
                 "src_root": None, "face_video": None, "bg_video": None, "mask_video": None, "refert_num": None,
                 "use_relighting_lora": False}
 
@@ -54,8 +56,9 @@ def check_arguments(args: argparse.Namespace) -> dict:
     unused = [f"--{k.replace('_', '-')}" for k, v in _NOT_FOR_S2V.items() if getattr(args, k, v) != v]
     if unused:
         raise InputError(f"{', '.join(unused)}: not available for --task {TASK}")
-    if args.prompt is None:
-        raise InputError(f"--task {TASK} needs --prompt TEXT")
+    if args.prompt is None and args.prompt_embeds is None:
+        raise InputError(f"--task {TASK} needs --prompt TEXT or --prompt-embeds FILE")
+    embeds = embeds_from_args(args)
     if args.image is None:
         raise InputError(f"--task {TASK} needs --image (the reference image)")
     if args.audio is None:
@@ -81,11 +84,12 @@ def check_arguments(args: argparse.Namespace) -> dict:
         if width < 1 or height < 1:
             raise InputError(f"--size {args.size!r}: width and height must be positive")
         max_area = width * height
-    return dict(prompt=args.prompt, negative_prompt=args.negative_prompt, image=args.image, audio=args.audio,
+    return dict(prompt=args.prompt, negative_prompt=args.negative_prompt, **embeds, image=args.image, audio=args.audio,
                 pose_video=args.pose_video, num_clips=args.num_clips, infer_frames=args.infer_frames,
                 max_area=max_area, num_inference_steps=args.steps,
                 guidance_scale=None if args.guide_scale is None else args.guide_scale[0], shift=args.shift,
-                solver=args.solver or "unipc", seed=args.seed, progress=not args.quiet)
+                solver=args.solver or "unipc", seed=args.seed, progress=not args.quiet,
+                check_memory=not args.no_memory_check)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -95,14 +99,12 @@ def main(args: argparse.Namespace) -> int:
     kernels = kernels_from_args(args)
     if args.preset:
         pipe = random_s2v_pipeline(seed=0)
+        if args.mesh:
+            pipe = pipe.sharded(args.mesh)
     else:
-        pipe = Wan22Pipeline.from_pretrained(args.checkpoint, task=TASK, dtype=args.dtype, kernels=kernels,
-                                             progress=not args.quiet)
+        pipe = Wan22Pipeline.from_pretrained(args.checkpoint, task=TASK, dtype=args.dtype, mesh=args.mesh,
+                                             kernels=kernels, progress=not args.quiet)
     load_s = time.perf_counter() - t0
     out = pipe(**call)
-    path = out.videos[0].save(args.out, fps=args.fps)
-    frames = out.videos[0].frames
-    print(f"wrote {Path(path).resolve()}: {frames.shape[0]} frames {frames.shape[2]}x{frames.shape[1]} with audio, "
-          f"{out.latents.shape[0]} clip(s), load {load_s:.1f}s, generate {out.denoise_s:.1f}s, total "
-          f"{time.perf_counter() - t0:.1f}s, peak memory {peak_bytes() / 2**30:.2f} GiB")
+    save_and_report(out, args.out, args.fps, t0, load_s, f" with audio, {out.latents.shape[0]} clip(s)")
     return 0

@@ -11,9 +11,9 @@ from refcases import REFERENCE_DIR
 from wan22_jax.animate_presets import random_animate_pipeline
 from wan22_jax.convert.animate import load_animate, load_clip, load_relighting_lora, with_lora
 from wan22_jax.convert.vae import load_vae
-from wan22_jax.errors import InputError, InputFileError
+from wan22_jax.errors import InputError, InputFileError, InsufficientMemoryError
 from wan22_jax.models.animate.model_animate import ANIMATE_PRESETS
-from wan22_jax.pipeline import AnimatePipeline, Wan22Pipeline
+from wan22_jax.pipeline import AnimatePipeline, Wan22Pipeline, memory
 from wan22_jax.pipeline.animate import generate_animate, noise_shape
 
 CFG = ANIMATE_PRESETS["tiny-animate"]  # text_dim 24, text_len 12, 16 x 16 face crops
@@ -46,6 +46,19 @@ def _inputs(t=9, face_t=None):
 def test_call_errors_before_compute(over, err, match):
     with pytest.raises(err, match=match):
         _shell()(**{**_inputs(), **over})
+
+
+def test_a_request_that_cannot_fit_is_refused_before_compute(monkeypatch):
+    """_shell() has no weights: the refusal comes before any model is needed."""
+    # 2 clips of 5 frames over 9 pose frames at 48x32: one clip's 6 float32 latents [16, 3, 4, 6] and its decoded
+    # 5 frames, plus the whole 9-frame video
+    need = 6 * 4 * 16 * 3 * 4 * 6 + 4 * 3 * 5 * 32 * 48 + 4 * 3 * 9 * 32 * 48
+    assert _shell().check_memory(2, 5, 9, 32, 48) == need
+    monkeypatch.setattr(memory, "available_bytes", lambda devices: (need - 1, "RAM"))
+    with pytest.raises(InsufficientMemoryError, match=r"2 clip\(s\) of 5 frames at 48x32 needs 0.0 GiB, 0.0 GiB RAM "
+                       r"available; try a shorter pose video, a shorter clip_len \(--frames\), a smaller pose "
+                       r"video, a mesh over more devices"):
+        _shell()(**_inputs())
 
 
 def test_from_pretrained_names_a_missing_lora_and_a_non_animate_folder(tmp_path):

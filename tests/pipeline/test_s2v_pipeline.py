@@ -10,13 +10,14 @@ import soundfile
 from flax import nnx
 from refcases import REFERENCE_DIR
 
-from wan22_jax.errors import InputError, InputFileError
-from wan22_jax.models.s2v.model_s2v import S2V_PRESETS
+from wan22_jax.errors import ConfigError, InputError, InputFileError, InsufficientMemoryError
+from wan22_jax.models.s2v.model_s2v import S2V_PRESETS, abstract_s2v
 from wan22_jax.models.s2v.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
-from wan22_jax.pipeline import Wan22Pipeline
+from wan22_jax.pipeline import Wan22Pipeline, memory
 from wan22_jax.pipeline.s2v import S2VDefaults, S2VPipeline
 from wan22_jax.pipeline.s2v_inputs import is_s2v_folder, read_pose_video, resize_crop, size_less_than_area
 from wan22_jax.presets_s2v import random_s2v_pipeline
+from wan22_jax.sharding.rules import param_leaves, param_specs
 from wan22_jax.verify import load_case
 from wan22_jax.video import read_video
 
@@ -117,10 +118,37 @@ def test_folder_dispatch():
     assert not is_s2v_folder(REFERENCE_DIR / "pipe_ti2v" / "checkpoint") and not is_s2v_folder(None)
     with pytest.raises(InputError, match="S2V checkpoint; task='ti2v-5B' does not match"):
         Wan22Pipeline.from_pretrained(ckpt, task="ti2v-5B")
-    with pytest.raises(InputError, match="runs on one device"):
-        Wan22Pipeline.from_pretrained(ckpt, mesh="fsdp=1")
+    with pytest.raises(ConfigError, match="'fsdp=2': 1 x 2 x 1 x 1 = 2 devices, but 1 are available"):
+        Wan22Pipeline.from_pretrained(ckpt, mesh="fsdp=2", progress=False)  # a mesh is taken, and checked
     with pytest.raises(InputError, match="'s2v-14B' has no embedded model"):
         Wan22Pipeline.from_pretrained(task="s2v-14B")
+
+
+def test_every_s2v_parameter_has_a_dit_rule_or_is_replicated():
+    """The audio, pose, motion and cond modules are split by the DiT rules (an unknown logical axis would raise
+    ConfigError here); the only parameters without logical axes, replicated on a mesh, are these small ones."""
+    _, abstract = abstract_s2v(CFG)
+    specs, notes = param_specs(abstract, "dit", {"data": 2, "fsdp": 2, "seq": 2, "tensor": 2})
+    assert not notes
+    split = {p for p, s in specs.items() if any(a is not None for a in s)}
+    assert {p.split(".")[0] for p in split} >= {"casual_audio_encoder", "cond_encoder", "frame_packer",
+                                               "audio_injector", "blocks"}
+    unsplit = sorted(p for p, _, axes in param_leaves(abstract) if all(a is None for a in axes))
+    assert unsplit == ["casual_audio_encoder.weights", "head.head.bias"]
+
+
+def test_a_request_that_cannot_fit_is_refused_before_compute(shapes_only, monkeypatch):
+    """shapes_only has no DiT or VAE: the refusal comes before either is needed."""
+    # one clip: 6 float32 latents [16, 2, 8, 8], the decode of 19 motion + 2 latent frames (81 frames), the video
+    need = 6 * 4 * 16 * 2 * 8 * 8 + 4 * 3 * 81 * 64 * 64 + 4 * 3 * 8 * 64 * 64
+    assert shapes_only.check_memory(1, 8, 64, 64) == need
+    monkeypatch.setattr(memory, "available_bytes", lambda devices: (need - 1, "RAM"))
+    with pytest.raises(InsufficientMemoryError, match=r"1 clip\(s\) of 8 frames at 64x64 needs 0.0 GiB, 0.0 GiB RAM "
+                       r"available; try fewer clips \(num_clips, --num-clips\), fewer infer_frames, a smaller size, "
+                       r"a mesh over more devices"):
+        _call(shapes_only, num_clips=1)
+    with pytest.raises(InsufficientMemoryError, match="2 clip"):  # the clips the audio covers
+        _call(shapes_only)
 
 
 # ------------------------------------------------------------------------------------------------ whole runs

@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from wan22_jax.configs import DEFAULT_NEGATIVE_PROMPT, dtype_name
+from wan22_jax.configs import DEFAULT_NEGATIVE_PROMPT
 from wan22_jax.convert.animate import LORA_FILE, load_animate, load_clip, load_relighting_lora, with_lora
 from wan22_jax.convert.vae import load_vae
 from wan22_jax.errors import InputError, InputFileError
@@ -33,8 +33,10 @@ from wan22_jax.models.animate.model_animate import AnimateConfig
 from wan22_jax.ops import XLA, Kernels, with_kernels
 from wan22_jax.pipeline.animate import check_animate_inputs, generate_animate, noise_shape
 from wan22_jax.pipeline.animate_inputs import animate_inputs, check_mode
-from wan22_jax.pipeline.files import check_json_files, load_text_encoder
+from wan22_jax.pipeline.files import load_text_encoder
+from wan22_jax.pipeline.memory import refuse_clip_loop
 from wan22_jax.pipeline.progress import stage
+from wan22_jax.pipeline.release_args import model_dtypes, release_folder
 from wan22_jax.samplers.registry import get_sampler
 from wan22_jax.sharding import make_mesh, mesh_context
 from wan22_jax.sharding.loading import place_state
@@ -122,19 +124,12 @@ class AnimatePipeline:
         Returns:
           The pipeline. Raises InputFileError (no folder, no LoRA file), CheckpointFormatError, WeightMappingError.
         """
-        if path is None:
-            raise InputError(f"{ANIMATE_TASK} has no embedded model: give the Wan2.2-Animate-14B folder")
-        path = Path(path)
-        if not path.is_dir():
-            raise InputFileError(f"{path}: checkpoint folder not found")
-        check_json_files(path)
+        path = release_folder(path, f"{ANIMATE_TASK} has no embedded model: give the Wan2.2-Animate-14B folder")
         if not is_animate_folder(path):
             raise InputError(f"{path}: not an Animate-14B folder (its config.json does not name {ANIMATE_CLASS})")
         if use_relighting_lora and not (path / LORA_FILE).is_file():
             raise InputFileError(f"{path / LORA_FILE}: no such file (needed by use_relighting_lora)")
-        dtype = jnp.float32 if dtype is not None and dtype_name(dtype, "dtype") == "float32" else jnp.bfloat16
-        t5_dtype = dtype if t5_dtype is None else (jnp.float32 if dtype_name(t5_dtype, "t5_dtype") == "float32"
-                                                   else jnp.bfloat16)
+        dtype, t5_dtype = model_dtypes(dtype, t5_dtype)
         mesh = None if mesh is None else make_mesh(mesh)
         with stage(f"loading {path.name}", progress, total=4) as bar:
             dit = load_animate(path, dtype=dtype, param_dtype=dtype, mesh=mesh)
@@ -172,6 +167,23 @@ class AnimatePipeline:
         return dataclasses.replace(self, dit=retarget(*self.dit), clip=retarget(*self.clip), vae=retarget(*self.vae),
                                    text_encoder=text_encoder)
 
+    def check_memory(self, clips: int, clip_len: int, frames: int, height: int, width: int) -> int:
+        """Refuses a request that cannot fit, from its shapes alone (`memory.refuse_clip_loop`: one clip's loop
+        and decode on the devices, the whole video in host memory), before anything runs.
+
+        Args:
+          clips: R; clip_len: frames per clip; frames: the output's (the pose video's); height, width: its size.
+        Returns:
+          The bytes needed on the devices. Raises InsufficientMemoryError with the needed and available memory
+          and what to try.
+        """
+        devices = list(self.mesh.devices.flat) if self.mesh is not None else [jax.devices()[0]]
+        return refuse_clip_loop(devices, f"{clips} clip(s) of {clip_len} frames at {width}x{height}",
+                                noise_shape(clips, clip_len, height, width)[1:], clip_len, height, width, frames,
+                                sharded=self.mesh is not None,
+                                smaller=("a shorter pose video", "a shorter clip_len (--frames)",
+                                         "a smaller pose video"))
+
     def _context(self, prompt, embeds, what: str) -> np.ndarray:
         if embeds is not None:
             return _embeds(embeds, what, self.dit_config)
@@ -186,7 +198,7 @@ class AnimatePipeline:
                  negative_prompt_embeds=None, clip_len: int | None = None, refert_num: int | None = None,
                  num_inference_steps: int | None = None, shift: float | None = None,
                  guidance_scale: float | None = None, solver: str | None = None, seed: int = 0,
-                 progress: bool = True) -> PipelineOutput:
+                 progress: bool = True, check_memory: bool = True) -> PipelineOutput:
         """Animates the reference character with the pose and face videos (mode "animate"), or replaces the
         person of the driving video by it (mode "replace", with the background and mask videos).
 
@@ -201,11 +213,13 @@ class AnimatePipeline:
           clip_len: frames per clip, 4k + 1 (default 77); refert_num: frames carried between clips, 1 or 5.
           num_inference_steps, shift, solver, guidance_scale: the sampler (defaults 20, 5.0, dpm++, 1.0: guidance
             only when > 1, officially for expression control). seed: the noise. progress: a line per clip.
+          check_memory: refuse a request whose shapes alone need more memory than is free (`check_memory`).
         Returns:
           PipelineOutput: videos [one Video, T frames], frames [1, T, H, W, 3] uint8, video [1, 3, T, H, W],
           latents [R, 16, clip_len // 4 + 2, H / 8, W / 8] per clip, timesteps, denoise_s.
         Raises:
-          InputError / InputFileError before any compute: a missing, unreadable or mismatched input.
+          InputError / InputFileError before any compute: a missing, unreadable or mismatched input;
+          InsufficientMemoryError (also before) when it cannot fit.
         """
         d = self.defaults
         replace = check_mode(mode)
@@ -222,10 +236,12 @@ class AnimatePipeline:
         n_clips = check_animate_inputs(inp["ref_image"], inp["pose_video"], inp["face_video"], inp["bg_video"],
                                        mask if mask is None or mask.ndim != 4 else mask[..., 0], clip_len, refert_num,
                                        self.dit_config.motion_encoder_size, replace)
+        h, w = inp["pose_video"].shape[1:3]
+        if check_memory:
+            self.check_memory(n_clips, clip_len, inp["pose_video"].shape[0], h, w)
         context = self._context(d.prompt if prompt is None else prompt, prompt_embeds, "prompt_embeds")
         context_null = self._context(d.negative_prompt if negative_prompt is None else negative_prompt,
                                      negative_prompt_embeds, "negative_prompt_embeds")
-        h, w = inp["pose_video"].shape[1:3]
         noise = np.asarray(jax.random.normal(jax.random.key(seed), noise_shape(n_clips, clip_len, h, w)))
         dit, vae, clip = (nnx.merge(*m) for m in (self.dit, self.vae, self.clip))
         t0 = time.perf_counter()

@@ -15,6 +15,8 @@ import math
 import os
 from pathlib import Path
 
+import jax
+
 from wan22_jax.errors import InsufficientMemoryError
 
 try:  # optional: a better "available" figure than sysconf's free pages (it counts reclaimable caches)
@@ -69,18 +71,45 @@ def lower_bound(batch: int, latent_shape, num_frames: int, height: int, width: i
     return latents + video
 
 
-def refuse_if_too_big(need: int, devices, what: str, *, tiled: bool, sharded: bool) -> None:
+def refuse_clip_loop(devices, what: str, latent_shape, decoded_frames: int, height: int, width: int,
+                     video_frames: int, *, sharded: bool, smaller: tuple[str, ...]) -> int:
+    """The shape-only check of a clip-after-clip run (S2V-14B, Animate-14B), before anything runs: on the devices
+    one clip's loop buffers and its decoded frames (`lower_bound` of batch 1); in host memory the float32 video of
+    every clip, kept there until the last clip is done (on the CPU backend both count against the same RAM). The
+    weights are not counted: they are loaded already, so the free memory compared with has them subtracted.
+
+    Args:
+      devices: the run's devices; what: the request in words. latent_shape: (z, F', h, w) of one clip;
+      decoded_frames: the frames one decode returns; height, width: the output size in pixels; video_frames:
+      the frames of the whole output video. sharded, smaller: as `refuse_if_too_big` (no VAE tiling to suggest).
+    Returns:
+      The bytes needed on the devices. Raises InsufficientMemoryError.
+    """
+    clip = lower_bound(1, latent_shape, decoded_frames, height, width, True)
+    video = 4 * 3 * video_frames * height * width
+    if devices[0].platform == "cpu":
+        clip += video
+    else:
+        refuse_if_too_big(video, jax.devices("cpu")[:1], f"the video of {what}", tiled=False, sharded=True,
+                          smaller=smaller, can_tile=False)
+    refuse_if_too_big(clip, devices, what, tiled=False, sharded=sharded, smaller=smaller, can_tile=False)
+    return clip
+
+
+def refuse_if_too_big(need: int, devices, what: str, *, tiled: bool, sharded: bool,
+                      smaller: tuple[str, ...] = ("fewer frames", "a smaller size"), can_tile: bool = True) -> None:
     """Raises InsufficientMemoryError when `need` bytes exceed what `devices` have free.
 
     Args:
       need: bytes; devices: as `available_bytes`; what: the request in words ("64x64, 5 frames").
       tiled / sharded: whether VAE tiling and a mesh are already on (not suggested again).
+      smaller: the smaller requests to suggest first; can_tile: whether the pipeline has VAE tiling at all.
     """
     free, where = available_bytes(devices)
     if free is None or need <= free:
         return
-    tries = ["fewer frames", "a smaller size"]
-    if not tiled:
+    tries = list(smaller)
+    if can_tile and not tiled:
         tries.append("VAE tiling (--vae-tiling, pipe.with_vae_tiling())")
     if not sharded or len(devices) > 1:
         tries.append("a mesh over more devices (--mesh, pipe.sharded(...))")

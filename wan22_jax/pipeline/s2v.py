@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
-from wan22_jax.configs import dtype_name
 from wan22_jax.convert.s2v import load_s2v
 from wan22_jax.convert.vae import load_vae
 from wan22_jax.convert.wav2vec2 import load_wav2vec2
@@ -41,13 +41,17 @@ from wan22_jax.models.s2v.audio_encoder import (SAMPLE_RATE, audio_embedding, bu
                                                 linear_interpolation, normalize)
 from wan22_jax.models.s2v.model_s2v import S2VConfig
 from wan22_jax.ops import XLA, Kernels, with_kernels
-from wan22_jax.pipeline.files import check_json_files, load_text_encoder
+from wan22_jax.pipeline.files import load_text_encoder
+from wan22_jax.pipeline.memory import refuse_clip_loop
 from wan22_jax.pipeline.progress import stage
+from wan22_jax.pipeline.release_args import model_dtypes, release_folder
 from wan22_jax.pipeline.s2v_inputs import (clip_count, is_s2v_folder, output_size, positive_float,
                                            positive_int, read_image, read_pose_video, read_waveform, resize_crop)
 from wan22_jax.samplers.loop import sample
 from wan22_jax.samplers.registry import get_sampler
 from wan22_jax.samplers.schedule import official_schedule
+from wan22_jax.sharding import make_mesh, mesh_context
+from wan22_jax.sharding.loading import place_state, vae_decode
 from wan22_jax.text_encoder import TextEncoder
 from wan22_jax.video import PipelineOutput, Video, as_output, to_uint8
 
@@ -165,7 +169,7 @@ def generate_clips(dit: tuple[Any, Any], vae: tuple[Any, Any], *, context: np.nd
                    pose_video: np.ndarray | None = None, infer_frames: int, motion_frames: int = 73,
                    steps: int, shift: float, guide_scale: float, solver: str = "unipc",
                    drop_first_motion: bool = True, init_first_frame: bool = False, num_train_timesteps: int = 1000,
-                   on_clip: Callable[[int, int], None] | None = None) -> S2VClips:
+                   on_clip: Callable[[int, int], None] | None = None, mesh=None) -> S2VClips:
     """The official clip loop of `WanS2V.generate` after its preprocessing (all inputs at the output size).
 
     Args:
@@ -178,53 +182,58 @@ def generate_clips(dit: tuple[Any, Any], vae: tuple[Any, Any], *, context: np.nd
       steps, shift, guide_scale, solver, num_train_timesteps: the sampler. drop_first_motion: clip 0 without the
       motion tokens. init_first_frame: the reference image as the last 6 motion frames (then nothing dropped).
       on_clip: called as on_clip(r, R) before clip r.
+      mesh: the device mesh the DiT and VAE states are sharded over (`S2VPipeline.sharded`), or None: the clips
+        are denoised under it and decoded split on rows (`vae_decode`).
     Returns:
       S2VClips.
     """
-    enc = lambda v: np.asarray(vae_ops.encode(*vae, jnp.asarray(v)))  # noqa: E731
-    dec = lambda z: np.asarray(vae_ops.decode(*vae, jnp.asarray(z)))  # noqa: E731
-    repeats = noise.shape[0]
-    ref_pixels = pixels(ref_image[None])  # [1, 3, 1, H, W]
-    _, _, _, height, width = ref_pixels.shape
-    ref_latents = enc(ref_pixels)  # [1, 16, 1, h, w]
-    last_frames = np.zeros((1, 3, motion_frames, height, width), np.float32)
-    if init_first_frame:
-        drop_first_motion = False
-        last_frames[:, :, -6:] = ref_pixels
-    motion = enc(last_frames)
-    conds = pose_latents(enc, pose_video, repeats, infer_frames, noise.shape[1:])
-    static = dict(sampler=get_sampler(solver), steps=int(steps), shift=float(shift), solver=solver,
-                  num_train=int(num_train_timesteps), guide_scale=float(guide_scale),
-                  motion_frames=(motion_frames, (motion_frames + 3) // 4))
-    context, context_null = jnp.asarray(context[None]), jnp.asarray(context_null[None])
-    out = {k: [] for k in ("motion_latents", "latents_per_step", "noise_pred_per_step", "latents")}
-    video = []
-    for r in range(repeats):
-        if on_clip is not None:
-            on_clip(r, repeats)
-        drop = drop_first_motion and r == 0
-        latents, traj = denoise_clip(*dit, jnp.asarray(noise[r][None]), context, context_null,
-                                     jnp.asarray(ref_latents), jnp.asarray(motion), jnp.asarray(conds[r]),
-                                     jnp.asarray(audio_emb[..., r * infer_frames:(r + 1) * infer_frames]),
-                                     drop_motion_frames=drop, **static)
-        latents = np.asarray(latents)
-        if not np.isfinite(latents).all():
-            raise FloatingPointError(f"NaN or Inf in the latents of clip {r}; check the weights' dtype and inputs")
-        out["motion_latents"].append(motion[0])
-        out["latents_per_step"].append(np.asarray(traj["samples"][1:, 0]))
-        out["noise_pred_per_step"].append(np.asarray(traj["velocities"][:, 0]))
-        out["latents"].append(latents[0])
-        image = dec(np.concatenate([ref_latents if drop else motion, latents], axis=2))[:, :, -infer_frames:]
-        if drop:
-            image = image[:, :, 3:]
-        overlap = min(motion_frames, image.shape[2])
-        last_frames = np.concatenate([last_frames[:, :, overlap:], image[:, :, -overlap:]], axis=2)
+    with mesh_context(mesh):  # the DiT's sharding constraints read it
+        enc = lambda v: np.asarray(vae_ops.encode(*vae, jnp.asarray(v)))  # noqa: E731
+        dec = lambda z: np.asarray(vae_decode(*vae, jnp.asarray(z), mesh))  # noqa: E731
+        repeats = noise.shape[0]
+        ref_pixels = pixels(ref_image[None])  # [1, 3, 1, H, W]
+        _, _, _, height, width = ref_pixels.shape
+        ref_latents = enc(ref_pixels)  # [1, 16, 1, h, w]
+        last_frames = np.zeros((1, 3, motion_frames, height, width), np.float32)
+        if init_first_frame:
+            drop_first_motion = False
+            last_frames[:, :, -6:] = ref_pixels
         motion = enc(last_frames)
-        video.append(image)
-    schedule = official_schedule(solver, static["steps"], static["shift"], num_train_timesteps=static["num_train"])
-    return S2VClips(**{k: np.stack(v) for k, v in out.items()}, cond_latents=np.stack([c[0] for c in conds]),
-                    timesteps=np.asarray(schedule.timesteps), ref_latents=ref_latents[0],
-                    video=np.concatenate(video, axis=2)[0])
+        conds = pose_latents(enc, pose_video, repeats, infer_frames, noise.shape[1:])
+        static = dict(sampler=get_sampler(solver), steps=int(steps), shift=float(shift), solver=solver,
+                      num_train=int(num_train_timesteps), guide_scale=float(guide_scale),
+                      motion_frames=(motion_frames, (motion_frames + 3) // 4))
+        context, context_null = jnp.asarray(context[None]), jnp.asarray(context_null[None])
+        out = {k: [] for k in ("motion_latents", "latents_per_step", "noise_pred_per_step", "latents")}
+        video = []
+        for r in range(repeats):
+            if on_clip is not None:
+                on_clip(r, repeats)
+            drop = drop_first_motion and r == 0
+            latents, traj = denoise_clip(*dit, jnp.asarray(noise[r][None]), context, context_null,
+                                         jnp.asarray(ref_latents), jnp.asarray(motion), jnp.asarray(conds[r]),
+                                         jnp.asarray(audio_emb[..., r * infer_frames:(r + 1) * infer_frames]),
+                                         drop_motion_frames=drop, **static)
+            latents = np.asarray(latents)
+            if not np.isfinite(latents).all():
+                raise FloatingPointError(f"NaN or Inf in the latents of clip {r}; check the weights' dtype and "
+                                         "inputs")
+            out["motion_latents"].append(motion[0])
+            out["latents_per_step"].append(np.asarray(traj["samples"][1:, 0]))
+            out["noise_pred_per_step"].append(np.asarray(traj["velocities"][:, 0]))
+            out["latents"].append(latents[0])
+            image = dec(np.concatenate([ref_latents if drop else motion, latents], axis=2))[:, :, -infer_frames:]
+            if drop:
+                image = image[:, :, 3:]
+            overlap = min(motion_frames, image.shape[2])
+            last_frames = np.concatenate([last_frames[:, :, overlap:], image[:, :, -overlap:]], axis=2)
+            motion = enc(last_frames)
+            video.append(image)
+        schedule = official_schedule(solver, static["steps"], static["shift"],
+                                     num_train_timesteps=static["num_train"])
+        return S2VClips(**{k: np.stack(v) for k, v in out.items()}, cond_latents=np.stack([c[0] for c in conds]),
+                        timesteps=np.asarray(schedule.timesteps), ref_latents=ref_latents[0],
+                        video=np.concatenate(video, axis=2)[0])
 
 
 # ------------------------------------------------------------------------------------------------ the pipeline
@@ -239,6 +248,7 @@ class S2VPipeline:
       audio_encoder: the wav2vec2 model (float32, as officially).
       text_encoder: a TextEncoder, or None (then pass prompt_embeds / negative_prompt_embeds).
       defaults: S2VDefaults. dtype: the DiT's dtype. source: the folder it was loaded from.
+      mesh: the device mesh the DiT and VAE are sharded over (`sharded`), or None: one device.
       audio_last_normed: whether the last wav2vec2 hidden state is the final LayerNorm's output: True as with
         the transformers <= 4.51.3 the official requirements pin; False as transformers >= 5 returns it (the
         reference cases were made with 5.x and are verified with False).
@@ -255,6 +265,7 @@ class S2VPipeline:
     source: Path | None = dataclasses.field(default=None, kw_only=True)
     no_text_encoder_reason: str = dataclasses.field(default="", kw_only=True)
     audio_last_normed: bool = dataclasses.field(default=True, kw_only=True)
+    mesh: Any = dataclasses.field(default=None, kw_only=True)
 
     @property
     def task(self) -> str:
@@ -270,29 +281,22 @@ class S2VPipeline:
 
         Args:
           path: the folder. task: None or "s2v-14B". dtype: DiT (and text encoder) dtype, default bf16 (official).
-          t5_dtype: the text encoder's, default as dtype. mesh: not supported yet (InputError).
+          t5_dtype: the text encoder's, default as dtype. mesh: a Mesh or a spec such as "fsdp=4,seq=2": the DiT
+            loads straight onto its shards (DiT rules), the VAE is split by its rules, wav2vec2 replicated (see
+            `sharded`); None: one device.
           kernels: the ops implementation. progress: a status bar while loading. audio_last_normed: see the class.
         Returns:
           The pipeline; InputError / InputFileError / CheckpointFormatError / WeightMappingError otherwise.
         """
         if task is not None and task != TASK:
             raise InputError(f"{path} is an S2V checkpoint; task={task!r} does not match (use {TASK!r} or None)")
-        if mesh is not None:
-            raise InputError("mesh: the S2V pipeline runs on one device for now (sharded S2V generation is not "
-                             "implemented)")
-        if path is None:
-            raise InputError(f"task {TASK!r} has no embedded model: give the S2V-14B release folder")
-        path = Path(path)
-        if not path.is_dir():
-            raise InputFileError(f"{path}: checkpoint folder not found")
-        check_json_files(path)
+        path = release_folder(path, f"task {TASK!r} has no embedded model: give the S2V-14B release folder")
         if not (path / WAV2VEC_FOLDER).is_dir():
             raise InputFileError(f"{path / WAV2VEC_FOLDER}: the S2V audio encoder folder is missing")
-        dtype = jnp.float32 if dtype_name(dtype or "bf16", "dtype") == "float32" else jnp.bfloat16
-        t5 = dtype if t5_dtype is None else (jnp.float32 if dtype_name(t5_dtype, "t5_dtype") == "float32"
-                                             else jnp.bfloat16)
+        dtype, t5 = model_dtypes(dtype, t5_dtype)
+        mesh = None if mesh is None else make_mesh(mesh)
         with stage(f"loading {path.name}", progress, total=4) as bar:
-            dit = with_kernels(load_s2v(path, dtype=dtype, param_dtype=dtype), kernels)
+            dit = with_kernels(load_s2v(path, dtype=dtype, param_dtype=dtype, mesh=mesh), kernels)
             bar.update(1)
             vae = with_kernels(load_vae(path, version="2.1", dtype=jnp.float32), kernels)
             bar.update(1)
@@ -300,8 +304,44 @@ class S2VPipeline:
             bar.update(1)
             text_encoder, why = load_text_encoder(path, dit.s2v.text_len, t5, kernels)
             bar.update(1)
-        return cls(nnx.split(dit), dit.s2v, nnx.split(vae), vae.config, audio, text_encoder, dtype=dtype,
+        pipe = cls(nnx.split(dit), dit.s2v, nnx.split(vae), vae.config, audio, text_encoder, dtype=dtype,
                    source=path, no_text_encoder_reason=why, audio_last_normed=bool(audio_last_normed))
+        return pipe if mesh is None else pipe.sharded(mesh)
+
+    def sharded(self, mesh) -> "S2VPipeline":
+        """A new pipeline over `mesh` (a Mesh or a spec such as "fsdp=2,seq=2"): the DiT by the DiT rules (the
+        audio, motion and pose modules carry the same logical axes; a parameter without any is replicated), the
+        VAE by the VAE rules (its decode then splits frames on rows), wav2vec2 replicated (it runs once per call);
+        the clips are then generated under the mesh. The text encoder stays where it is. This one is unchanged."""
+        mesh = make_mesh(mesh)
+        replicated = NamedSharding(mesh, PartitionSpec())
+        graphdef, state = nnx.split(self.audio_encoder)
+        audio = nnx.merge(graphdef, jax.tree.map(lambda x: jax.device_put(x, replicated), state))
+        return dataclasses.replace(self, dit=(self.dit[0], place_state(self.dit[1], "dit", mesh)),
+                                   vae=(self.vae[0], place_state(self.vae[1], "vae", mesh)), audio_encoder=audio,
+                                   mesh=mesh)
+
+    def _devices(self) -> list:
+        return list(self.mesh.devices.flat) if self.mesh is not None else [jax.devices()[0]]
+
+    def check_memory(self, clips: int, infer_frames: int, height: int, width: int) -> int:
+        """Refuses a request that cannot fit, from its shapes alone (`memory.refuse_clip_loop`: one clip's loop
+        and decode on the devices, the whole video in host memory), before anything runs.
+
+        Args:
+          clips: R; infer_frames: frames per clip; height, width: the output size.
+        Returns:
+          The bytes needed on the devices. Raises InsufficientMemoryError with the needed and available memory
+          and what to try.
+        """
+        f, motion = infer_frames // 4, (self.defaults.motion_frames + 3) // 4
+        shape = (self.s2v_config.in_dim, f, height // 8, width // 8)
+        # each clip decodes its motion latents (or the reference's) with its own: 1 + 4 (F' - 1) frames
+        return refuse_clip_loop(self._devices(), f"{clips} clip(s) of {infer_frames} frames at {width}x{height}",
+                                shape, 1 + 4 * (motion + f - 1), height, width, clips * infer_frames,
+                                sharded=self.mesh is not None,
+                                smaller=("fewer clips (num_clips, --num-clips)", "fewer infer_frames",
+                                         "a smaller size"))
 
     def _encode_text(self, text: str) -> np.ndarray:
         with warnings.catch_warnings():
@@ -342,7 +382,7 @@ class S2VPipeline:
                  shift: float | None = None, solver: str = "unipc", seed: int | None = None, latents=None,
                  prompt_embeds=None, negative_prompt_embeds=None, init_first_frame: bool = False,
                  audio_sample_rate: int = SAMPLE_RATE, output_type: str = "video",
-                 progress: bool = True) -> PipelineOutput:
+                 progress: bool = True, check_memory: bool = True) -> PipelineOutput:
         """Generates one video, clip after clip, as long as the audio (or num_clips clips).
 
         Every argument is checked (and the image, audio and pose video read) before any model runs.
@@ -362,6 +402,7 @@ class S2VPipeline:
           latents: explicit initial noise [R, 16, infer_frames / 4, H / 8, W / 8] instead of the seed's.
           init_first_frame: start from the reference image (official --start_from_ref).
           output_type: "video" (uint8), "np" (float32 in [0, 1]) or "pil". progress: status lines.
+          check_memory: refuse a request whose shapes alone need more memory than is free (`check_memory`).
         Returns:
           PipelineOutput: videos=[Video] (its audio track the input audio, trimmed to the video when saved),
           frames [1, T, H, W, 3], video [1, 3, T, H, W], latents [R, 16, F, h, w] (per clip), timesteps,
@@ -402,6 +443,8 @@ class S2VPipeline:
             latents = np.asarray(latents, np.float32)
             if latents.shape != shape:
                 raise InputError(f"latents has shape {latents.shape}; expected {shape} ({repeats} clip(s))")
+        if check_memory:
+            self.check_memory(repeats, infer, height, width)
 
         # inputs at the output size (official Resize(min(H, W)) + CenterCrop)
         ref = resize_crop(ref, height, width)
@@ -420,7 +463,7 @@ class S2VPipeline:
                                motion_frames=d.motion_frames, steps=steps, shift=shift, guide_scale=scale,
                                solver=solver, drop_first_motion=d.drop_first_motion,
                                init_first_frame=bool(init_first_frame), num_train_timesteps=d.num_train_timesteps,
-                               on_clip=say)
+                               on_clip=say, mesh=self.mesh)
         denoise_s = time.perf_counter() - t0
         frames = to_uint8(clips.video)[None]
         audio_track = audio if isinstance(audio, (str, os.PathLike)) else wave

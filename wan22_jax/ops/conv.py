@@ -9,12 +9,13 @@
 * "im2col": the kernel's taps gathered into channels and one matmul. On CPU, for narrow layers (the mini-world VAE,
   width 16) it trains ~7x faster: XLA:CPU's convolution gradients are far from its GEMM speed
   (experiments/mini_world/README.md). It holds taps x channels of activations: keep it to narrow models.
-* "dots": the kernel's last (width) taps gathered into channels, its other taps a `lax.scan` of matmuls summed in
-  fp32. For TPU compile time: the TPU compiler lowers each convolution instruction into machine code specialised
-  for its whole window and shape (4-25 s each for the Wan2.2 decoder's layers at 720p, several minutes for a
-  decode), a matmul in 1.5-8 s (docs/aot.md, "VAE decode compile time"). It reads the input ~3 x taps times
-  instead of once, so on a TPU it is memory-bound for narrow fp32-free layers (bf16, <= 512 channels) and about
-  as fast as a convolution for wide or fp32 ones (HIGHEST precision makes the matmuls compute-bound).
+* "dots": each convolution as matmuls, for TPU compile time: the TPU compiler lowers every convolution
+  instruction into machine code specialised for its shape and window (12-30 s each at the Wan2.2 decoder's 720p
+  shapes, minutes per decode), a matmul in a few seconds (docs/aot.md, "VAE decode compile time"). One output
+  frame at a time; the time taps a scan over single input frames; the width taps gathered into channels; the height
+  taps a scan of one matmul each on row-shifted copies of the frame (static shifts: on a mesh that splits rows, a
+  halo exchange). It reads each input frame ~3 x kt x kh times and the fp32 sum kt x kh times instead of once:
+  near a convolution's speed for fp32 (HIGHEST: compute-bound) and wide layers, slower for narrow bf16 ones.
 * "cpu": oneDNN's convolution (wan22_jax.cpu_kernels.conv) where it applies (fp32, CPU, one device, no mesh),
   "xla" elsewhere; if the kernel cannot load, one warning and "xla".
 
@@ -23,6 +24,7 @@ fp32 convolutions run at Precision.HIGHEST (no TF32 / bf16 passes on accelerator
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -33,6 +35,11 @@ from jax import lax
 from wan22_jax.cpu_kernels import conv as cpu_conv
 from wan22_jax.ops.kernels import CONVS
 from wan22_jax.ops.matmul import precision_for
+from wan22_jax.sharding.rules import shard
+
+# The logical axes of frames [B, H, W, C] (the sharding rules' names): on a mesh the VAE splits rows, and the loops
+# of the "dots" form would otherwise lose that split (a TPU compile then gathers whole frames onto every device).
+FRAMES = ("batch", "height", None, None)
 
 # Frames of at least this many pixels take the per-tap 2-D form under impl "taps".
 TAPS_MIN_PIXELS = 32 * 32
@@ -56,48 +63,73 @@ def _im2col(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> jax.Arra
                       precision=precision_for(patches, kernel))
 
 
-def _tap_dots(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> jax.Array:
-    """Valid convolution as loops of matmuls: x [B, *S, I] (already padded), kernel [*K, I, O] -> [B, *out, O].
+def _tap_dots(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding) -> jax.Array:
+    """Convolution as matmuls: x [B, *S, I], kernel [*K, I, O] -> [B, *out, O]; valid in time (3-D), `padding`
+    ((top, bottom), (left, right)) zeros in space.
 
     One output frame at a time (a 3-D kernel: its time taps a scan over single input frames) or one image at a time
     (2-D), so that the gathered copy of the input below is a frame's, not the whole chunk's.
     """
-    out = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:-1], kernel.shape[:-2], strides, strict=True)]
     if kernel.ndim == 4:  # 2-D: one image at a time
-        return lax.map(lambda xi: _frame_taps(xi[None], kernel, strides)[0], x).astype(x.dtype)
+        def image(xi):
+            return _frame_taps(xi[None], kernel, strides, padding)[0].astype(x.dtype)
+        return shard(lax.map(image, x), FRAMES)
     kt, st = kernel.shape[0], strides[0]
+    t_out = (x.shape[1] - kt) // st + 1
 
     def frame(t):
         def time_tap(acc, i):
             xi = lax.dynamic_slice_in_dim(x, t * st + i, 1, axis=1)[:, 0]
-            return acc + _frame_taps(xi, lax.dynamic_index_in_dim(kernel, i, keepdims=False), strides[1:]), None
-        zero = jnp.zeros((x.shape[0], *out[1:], kernel.shape[-1]), jnp.float32)
+            k = lax.dynamic_index_in_dim(kernel, i, keepdims=False)
+            return acc + _frame_taps(xi, k, strides[1:], padding), None
+        size = [(n + p0 + p1 - k) // s + 1 for n, (p0, p1), k, s
+                in zip(x.shape[2:4], padding, kernel.shape[1:3], strides[1:], strict=True)]
+        zero = shard(jnp.zeros((x.shape[0], *size, kernel.shape[-1]), jnp.float32), FRAMES)
         return lax.scan(time_tap, zero, jnp.arange(kt))[0].astype(x.dtype)
 
-    return jnp.moveaxis(lax.map(frame, jnp.arange(out[0])), 0, 1)  # [To, B, ...] -> [B, To, ...]
+    # [To, B, ...] -> [B, To, ...]
+    return shard(jnp.moveaxis(lax.map(frame, jnp.arange(t_out)), 0, 1), ("batch", None, *FRAMES[1:]))
 
 
-def _frame_taps(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> jax.Array:
-    """Valid 2-D convolution of frames x [B, H, W, I] (padded) with kernel [kh, kw, I, O], summed in fp32.
+def _shift(x: jax.Array, d: int, axis: int) -> jax.Array:
+    """y[..., r, ...] = x[..., r + d, ...] along `axis`, zeros past the ends; the same length as x."""
+    if d == 0:
+        return x
+    n = x.shape[axis]
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, d) if d > 0 else (-d, 0)
+    kept = lax.slice_in_dim(x, d, n, axis=axis) if d > 0 else lax.slice_in_dim(x, 0, n + d, axis=axis)
+    return jnp.pad(kept, pad)
 
-    The width taps are gathered into channels (kw x the frames: slices along the minor spatial axis are the costly
-    ones on a TPU, so they happen once); the height taps are a scan of dynamic slices along a major axis, each one
-    matmul added to the fp32 sum.
+
+def _frame_taps(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding) -> jax.Array:
+    """2-D convolution of frames x [B, H, W, I] with kernel [kh, kw, I, O] and zero `padding`, summed in fp32.
+
+    The width taps are gathered into channels once (kw x the frame; slices along the minor axis are the costly ones
+    on a TPU). The height taps are a scan, each step one matmul on the frame shifted by whole rows: a `lax.switch`
+    over static shifts of the frame's length. On a mesh the VAE splits rows over devices, and XLA partitions a
+    static shift as a halo exchange with the neighbour, where a dynamic row slice (or padding the frame to a length
+    the devices no longer divide) would gather whole frames onto every device; one matmul per step keeps the
+    compile as short as a single matmul's.
     """
-    (kh, kw), (sh, sw) = kernel.shape[:2], strides
-    oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
-    cols = [lax.slice_in_dim(x, j, j + (ow - 1) * sw + 1, sw, axis=2) for j in range(kw)]
-    xg = cols[0] if kw == 1 else jnp.concatenate(cols, axis=-1)  # [B, H, ow, kw * I], tap-major
+    (kh, kw), (sh, sw), ((pt, pb), (pl, pr)) = kernel.shape[:2], strides, padding
+    if pt + pb > kh - 1:
+        raise ValueError(f"padding {padding} wider than 'same' for a {kh}x{kw} kernel")
+    oh, ow = (x.shape[1] + pt + pb - kh) // sh + 1, (x.shape[2] + pl + pr - kw) // sw + 1
+    xp = jnp.pad(shard(x, FRAMES), ((0, 0), (0, 0), (pl, pr), (0, 0)))  # columns are never split
+    cols = [xp[:, :, j:j + (ow - 1) * sw + 1:sw] for j in range(kw)]
+    xg = shard(cols[0] if kw == 1 else jnp.concatenate(cols, axis=-1), FRAMES)  # [B, H, ow, kw I], tap-major
     kg = kernel.reshape(kh, kw * kernel.shape[2], kernel.shape[3])
     precision = precision_for(x, kernel)
+    shifts = [functools.partial(_shift, d=i - pt, axis=1) for i in range(kh)]
 
     def row_tap(acc, i):
-        rows = lax.dynamic_slice_in_dim(xg, i, (oh - 1) * sh + 1, axis=1)[:, ::sh]
+        rows = lax.switch(i, shifts, xg)[:, :(oh - 1) * sh + 1:sh]
         k = lax.dynamic_index_in_dim(kg, i, keepdims=False)
         return acc + jnp.einsum("...k,ko->...o", rows, k, precision=precision,
                                 preferred_element_type=jnp.float32), None
 
-    zero = jnp.zeros((x.shape[0], oh, ow, kernel.shape[-1]), jnp.float32)
+    zero = shard(jnp.zeros((x.shape[0], oh, ow, kernel.shape[-1]), jnp.float32), FRAMES)
     if kh == 1:
         return row_tap(zero, 0)[0]
     return lax.scan(row_tap, zero, jnp.arange(kh))[0]
@@ -123,7 +155,7 @@ def conv3d(x: jax.Array, kernel: jax.Array, *, stride_t: int = 1, dtype=jnp.floa
         x = jnp.pad(x, ((0, 0), (0, 0), *space, (0, 0)))
         return _im2col(x, kernel, (stride_t, 1, 1))
     if impl == "dots":
-        return _tap_dots(jnp.pad(x, ((0, 0), (0, 0), *space, (0, 0))), kernel, (stride_t, 1, 1))
+        return _tap_dots(x, kernel, (stride_t, 1, 1), space)
     if impl == "taps" and stride_t == 1 and kh > 1 and h * w >= TAPS_MIN_PIXELS:
         t_out = t - kt + 1
         out = None
@@ -150,6 +182,6 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding, dtype=j
         x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
         return _im2col(x, kernel, (stride, stride))
     if impl == "dots":
-        return _tap_dots(jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0))), kernel, (stride, stride))
+        return _tap_dots(x, kernel, (stride, stride), (tuple(padding[0]), tuple(padding[1])))
     return lax.conv_general_dilated(x, kernel, window_strides=(stride, stride), padding=padding,
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision_for(x))

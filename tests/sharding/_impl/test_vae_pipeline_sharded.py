@@ -3,9 +3,13 @@
 import jax
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec
 
-from wan22_jax.models.vae_config import VAEConfig
+from flax import nnx
+
 from wan22_jax.models.vae import decode, random_vae
+from wan22_jax.models.vae_config import VAEConfig
+from wan22_jax.ops import Kernels, with_kernels
 from wan22_jax.presets import random_pipeline
 from wan22_jax.sharding import make_mesh
 from wan22_jax.sharding.loading import vae_decode
@@ -23,6 +27,28 @@ def test_vae_decode_spatially_sharded(version, mesh_spec):
     mesh = make_mesh(mesh_spec)
     sharded = vae_decode(graphdef, state, latent, mesh)
     assert relative_error(np.asarray(sharded), single) <= 1e-5
+
+
+def test_dots_decode_keeps_the_row_split():
+    # conv="dots" on a mesh: the same video as the one-device XLA decode, and rows stay split (its row shifts are
+    # halo exchanges): no more all-gathers than the XLA-convolution program (whose only ones are the middle
+    # attention's, over whole latent frames)
+    cfg = VAEConfig(version="2.1", dim=8, z_dim=16)
+    graphdef, state = random_vae(cfg, seed=1)
+    latent = np.random.default_rng(0).standard_normal((1, 16, 2, 16, 8)).astype(np.float32)
+    single = np.asarray(decode(graphdef, state, latent))
+    dots = nnx.split(with_kernels(nnx.merge(graphdef, state), Kernels(conv="dots")))[0]
+    mesh = make_mesh("fsdp=4,seq=2")
+    assert relative_error(np.asarray(vae_decode(dots, state, latent, mesh)), single) <= 1e-5
+
+    def gathers(g):
+        rows = NamedSharding(mesh, PartitionSpec(None, None, None, ("fsdp", "seq")))
+        with jax.set_mesh(mesh):
+            compiled = jax.jit(lambda s, z: decode(g, s, z)).lower(
+                jax.device_put(state, NamedSharding(mesh, PartitionSpec())), jax.device_put(latent, rows)).compile()
+        return compiled.as_text().count("all-gather(")
+
+    assert gathers(dots) <= gathers(graphdef)
 
 
 @pytest.mark.slow  # ~100 s on 2 cores: two compiles of the whole sampling loop

@@ -34,6 +34,7 @@ from wan22_jax.samplers.guidance import cfg as guided
 from wan22_jax.samplers.loop import init_carry, scan_steps, step_rows
 from wan22_jax.samplers.registry import get_sampler
 from wan22_jax.samplers.schedule import official_schedule
+from wan22_jax.sharding.loading import vae_decode
 
 VAE_STRIDE = (4, 8, 8)
 
@@ -191,7 +192,7 @@ def generate_animate(dit: WanAnimateModel, vae, clip: CLIPVisionEncoder, *, cont
                      face_video: np.ndarray, noise: np.ndarray, bg_video: np.ndarray | None = None,
                      mask_video: np.ndarray | None = None, replace: bool = False, clip_len: int = 77,
                      refert_num: int = 1, steps: int = 20, shift: float = 5.0, guide_scale: float = 1.0,
-                     solver: str = "dpm++", trajectory: bool = True) -> AnimateResult:
+                     solver: str = "dpm++", trajectory: bool = True, mesh=None) -> AnimateResult:
     """Runs `WanAnimate.generate` (fp32 or the models' dtypes) on decoded inputs.
 
     Args:
@@ -205,6 +206,7 @@ def generate_animate(dit: WanAnimateModel, vae, clip: CLIPVisionEncoder, *, cont
       steps, shift, solver: the sampler and its schedule. guide_scale: CFG scale (guidance only when > 1).
       trajectory: keep every step's latents and model output (False: those two fields are None, which saves
         2 x steps latents per clip of host memory at full size).
+      mesh: the mesh the models are sharded over (`AnimatePipeline.sharded`), or None: clips decode split on rows.
     Returns:
       AnimateResult.
     """
@@ -257,7 +259,7 @@ def generate_animate(dit: WanAnimateModel, vae, clip: CLIPVisionEncoder, *, cont
         x0, traj = _denoise(dg, sampler, with_guidance, trajectory, ds, jnp.asarray(noise[r][None]), rows, kv,
                                      kv_null, jnp.asarray(y[None]), jnp.asarray(pose_lat[None]), face,
                                      face * 0 - 1, jnp.float32(guide_scale))
-        video = np.asarray(vae_ops.decode(vg, vs, x0[:, :, 1:]))[0]  # [3, clip_len, H, W], clamped
+        video = np.asarray(vae_decode(vg, vs, x0[:, :, 1:], mesh))[0]  # [3, clip_len, H, W], clamped
         frames_out.append(video[:, keep:])
         previous = video[:, -refert_num:]
         out["y"].append(y)

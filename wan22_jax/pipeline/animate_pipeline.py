@@ -250,7 +250,7 @@ class AnimatePipeline:
                                    replace=replace, clip_len=clip_len, refert_num=refert_num, steps=steps,
                                    shift=d.shift if shift is None else shift, solver=solver,
                                    guide_scale=d.guide_scale if guidance_scale is None else guidance_scale,
-                                   trajectory=False, **inp)
+                                   trajectory=False, mesh=self.mesh, **inp)
         frames = to_uint8(res.video)
         return PipelineOutput(videos=[Video(frames, fps=d.fps)], frames=frames[None], video=res.video[None],
                               latents=res.latents, timesteps=res.timesteps, denoise_s=time.perf_counter() - t0)

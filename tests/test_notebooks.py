@@ -8,8 +8,9 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 # ~20 s each on 2 cores; the APIs they walk through have their own tests (tests/models/test_dit.py,
-# tests/models/test_rope_time.py, tests/samplers/), quickstart and scaling stay in the default suite
-SLOW = {"inside_the_model", "samplers"}
+# tests/models/test_rope_time.py, tests/samplers/, the embedded model's tests/test_default_model.py); `scaling`
+# stays in the default suite
+SLOW = {"inside_the_model", "samplers", "quickstart"}
 
 
 def _param(path):

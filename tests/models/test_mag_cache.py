@@ -63,6 +63,8 @@ def test_retention_and_expert_starts():
     assert nearest_ratios((1.0, 2.0, 3.0), 1) == (3.0,)
 
 
+# slow (7 s): test_pipeline_calibrate_then_skip[t2v-A14B] calibrates through the pipeline in the default suite
+@pytest.mark.slow
 def test_calibration_records_residual_norm_ratios():
     model = random_dit(DIT_PRESETS["tiny-t2v"], seed=1)
     x, ctx = _inputs()
@@ -81,7 +83,8 @@ def test_calibration_records_residual_norm_ratios():
     assert abs(want[1] - 1) > 1e-3  # the recorded ratios are not all 1
 
 
-@pytest.mark.parametrize("task", ["ti2v-5B", "t2v-A14B"])
+# the one-DiT ti2v run is slow-marked (suite time): the two-expert t2v run covers the same path and more
+@pytest.mark.parametrize("task", [pytest.param("ti2v-5B", marks=pytest.mark.slow), "t2v-A14B"])
 def test_pipeline_calibrate_then_skip(task):
     pipe = random_pipeline(task)
     kw = dict(prompt="a red circle", num_inference_steps=8, seed=0, output_type="latent", progress=False)

@@ -120,6 +120,8 @@ def test_state_holds_only_what_is_asked_for(tiny_dit):
         jnp.dtype(jnp.float32)}
 
 
+# slow (11 s): an opt-in memory saving; the default suite keeps the fp32 optimizer and the bf16-compute checks
+@pytest.mark.slow
 def test_bf16_moments_follow_the_fp32_optimizer(tiny_dit):
     # the same steps with moments stored in bf16: the moments stay bf16, the params move the same way (an Adam
     # update is m / sqrt(v): bf16 rounding of both changes it by well under 1 %)

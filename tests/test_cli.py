@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file, save_file
 
 from refcases import REFERENCE_DIR
@@ -80,6 +81,9 @@ def test_convert_refuses_existing_destination_and_empty_source(tmp_path, capsys)
     assert code == 1 and "no convertible component" in err and not (tmp_path / "new").exists()
 
 
+# slow (11 s, a second tiny generation): --prompt-embeds files are read by one shared reader (cli_files) that the
+# S2V / Animate CLI tests use in the default suite; the API's prompt_embeds path is in tests/pipeline
+@pytest.mark.slow
 def test_generate_from_prompt_embeds_quietly(tmp_path):
     np.save(tmp_path / "e.npy", np.random.default_rng(0).standard_normal((6, 32)).astype(np.float32))
     r = wan22("generate", "--preset", "tiny-random", "--prompt-embeds", tmp_path / "e.npy", "--frames", "5",

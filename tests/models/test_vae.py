@@ -212,10 +212,11 @@ def test_real_presets_build_abstractly_with_official_parameter_counts():
         assert n == count, name
 
 
-# the forms are ops-level rewrites, independent of the architecture: the 2.1 runs are slow-marked (suite time), and
-# so is im2col (the opt-in CPU training form; 13 s)
-@pytest.mark.parametrize("name", [pytest.param(v, marks=[pytest.mark.slow] if v == "tiny2.1" else []) for v in VERSIONS])
-@pytest.mark.parametrize("conv", [pytest.param("im2col", marks=pytest.mark.slow), "taps", "dots"])
+# slow (7-13 s each, suite time): the forms are opt-in ops-level rewrites, checked op by op (forward, gradients,
+# strides) in tests/ops/test_ops.py and tests/cpu_kernels in the default suite; these whole-VAE runs are the slow proof
+@pytest.mark.slow
+@pytest.mark.parametrize("name", VERSIONS)
+@pytest.mark.parametrize("conv", ["im2col", "taps", "dots"])
 def test_other_convolution_forms_match_xla(name, conv):
     # the training-speed (im2col), CPU-speed (taps) and TPU-compile-time (dots) forms are the same sums in another
     # order; 32x32 frames so that "taps" takes its per-tap path (ops.conv.TAPS_MIN_PIXELS). Encode runs the

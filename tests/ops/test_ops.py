@@ -117,19 +117,30 @@ def test_cpu_choice_without_a_kernel_falls_back_to_the_same_numbers():
         matmul(a, w, impl="mkl")
 
 
+@pytest.mark.parametrize("impl", ["dots", "im2col"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_dots_convolutions_equal_xla_with_their_gradients(stride):
-    # "dots" (per-tap matmuls, for TPU compile time) against one XLA convolution: batch 2, time stride (the VAE
-    # encoder's downsample3d), the zero-padded stride-2 2-D form (downsample2d), and the backward pass
+def test_matmul_convolutions_equal_xla_with_their_gradients(stride, impl):
+    # "dots" (per-tap matmuls, for TPU compile time) and "im2col" (one matmul, CPU training) against one XLA
+    # convolution: batch 2, time stride (the VAE encoder's downsample3d), the zero-padded stride-2 2-D form
+    # (downsample2d), and the backward pass
     rng = np.random.default_rng(stride)
     x = jnp.asarray(rng.standard_normal((2, 7, 6, 5, 3)), jnp.float32)
     for k in ((3, 3, 3, 3, 4), (3, 1, 1, 3, 4), (1, 1, 1, 3, 4)):
         kernel = jnp.asarray(rng.standard_normal(k), jnp.float32)
         loss = lambda x, k, impl: (conv3d(x, k, stride_t=stride, impl=impl) ** 2).sum()  # noqa: E731
-        ref, got = (jax.value_and_grad(loss, argnums=(0, 1))(x, kernel, impl) for impl in ("xla", "dots"))
+        ref, got = (jax.value_and_grad(loss, argnums=(0, 1))(x, kernel, i) for i in ("xla", impl))
         assert rel_err(got[0], ref[0]) < 1e-6, k
         assert all(rel_err(g, r) < 1e-6 for g, r in zip(got[1], ref[1], strict=True)), k
     padding = ((1, 1), (1, 1)) if stride == 1 else ((0, 1), (0, 1))
     frames, kernel = x.reshape(-1, 6, 5, 3), jnp.asarray(rng.standard_normal((3, 3, 3, 4)), jnp.float32)
-    ref, got = (conv2d(frames, kernel, stride=stride, padding=padding, impl=impl) for impl in ("xla", "dots"))
+    ref, got = (conv2d(frames, kernel, stride=stride, padding=padding, impl=i) for i in ("xla", impl))
     assert got.shape == ref.shape and rel_err(got, ref) < 1e-6
+
+
+def test_taps_convolution_equals_xla_on_large_frames():
+    # "taps" (three 2-D convolutions) takes frames of at least TAPS_MIN_PIXELS; smaller ones are one XLA call
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((1, 4, 32, 32, 4)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 3, 4, 4)), jnp.float32)
+    ref, got = (conv3d(x, kernel, impl=i) for i in ("xla", "taps"))
+    assert 0 < rel_err(got, ref) < 1e-6  # another summation order, the same sums

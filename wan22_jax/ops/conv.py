@@ -53,7 +53,7 @@ def _check(impl: str) -> None:
 def _im2col(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> jax.Array:
     """Valid convolution as one matmul: x [B, *S, I] (already padded), kernel [*K, I, O], strides per axis."""
     spatial, taps = x.shape[1:-1], kernel.shape[:-2]
-    out = [(n - k) // s + 1 for n, k, s in zip(spatial, taps, strides, strict=True)]
+    out = [_out_len(n, k, s) for n, k, s in zip(spatial, taps, strides, strict=True)]
     cols = [lax.slice(x, (0, *offs, 0),
                       (x.shape[0], *(o + (n - 1) * s + 1 for o, n, s in zip(offs, out, strides, strict=True)),
                        x.shape[-1]), (1, *strides, 1))
@@ -61,6 +61,11 @@ def _im2col(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> jax.Arra
     patches = jnp.concatenate(cols, axis=-1)  # [B, *out, taps * I], tap-major like the kernel's reshape
     return jnp.einsum("...k,ko->...o", patches, kernel.reshape(-1, kernel.shape[-1]),
                       precision=precision_for(patches, kernel))
+
+
+def _out_len(n: int, k: int, s: int, pad: Sequence[int] = (0, 0)) -> int:
+    """Output length of a convolution over n samples: kernel k, stride s, `pad` (before, after) zeros."""
+    return (n + pad[0] + pad[1] - k) // s + 1
 
 
 def _tap_dots(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding) -> jax.Array:
@@ -82,8 +87,8 @@ def _tap_dots(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding) 
             xi = lax.dynamic_slice_in_dim(x, t * st + i, 1, axis=1)[:, 0]
             k = lax.dynamic_index_in_dim(kernel, i, keepdims=False)
             return acc + _frame_taps(xi, k, strides[1:], padding), None
-        size = [(n + p0 + p1 - k) // s + 1 for n, (p0, p1), k, s
-                in zip(x.shape[2:4], padding, kernel.shape[1:3], strides[1:], strict=True)]
+        size = [_out_len(n, k, s, p) for n, k, s, p in zip(x.shape[2:4], kernel.shape[1:3], strides[1:], padding,
+                                                               strict=True)]
         zero = shard(jnp.zeros((x.shape[0], *size, kernel.shape[-1]), jnp.float32), FRAMES)
         return lax.scan(time_tap, zero, jnp.arange(kt))[0].astype(x.dtype)
 
@@ -115,7 +120,7 @@ def _frame_taps(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding
     (kh, kw), (sh, sw), ((pt, pb), (pl, pr)) = kernel.shape[:2], strides, padding
     if pt + pb > kh - 1:
         raise ValueError(f"padding {padding} wider than 'same' for a {kh}x{kw} kernel")
-    oh, ow = (x.shape[1] + pt + pb - kh) // sh + 1, (x.shape[2] + pl + pr - kw) // sw + 1
+    oh, ow = _out_len(x.shape[1], kh, sh, (pt, pb)), _out_len(x.shape[2], kw, sw, (pl, pr))
     xp = jnp.pad(shard(x, FRAMES), ((0, 0), (0, 0), (pl, pr), (0, 0)))  # columns are never split
     cols = [xp[:, :, j:j + (ow - 1) * sw + 1:sw] for j in range(kw)]
     xg = shard(cols[0] if kw == 1 else jnp.concatenate(cols, axis=-1), FRAMES)  # [B, H, ow, kw I], tap-major
